@@ -1,0 +1,48 @@
+"""Reconstruction losses (seed 002, eq. 3): multi-scale mel + multi-resolution STFT + SI-SDR,
+taken from DAC's loss module."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from audiotools import AudioSignal
+from torch import Tensor, nn
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)
+    from dac.nn.loss import MelSpectrogramLoss, MultiScaleSTFTLoss, SISDRLoss
+
+
+class ReconstructionLoss(nn.Module):
+    """estimate, target (B, 1, T) -> {"mel": (), "stft": (), "sisdr": ()}, each unweighted.
+
+    Mel and STFT distances are level-aware and SI-SDR is not: with a tanh output, SI-SDR alone
+    lets the output level drift into saturation. Computed in float32 (audiotools' STFT does not
+    take bf16).
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        mel_window_lengths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048),
+        n_mels: tuple[int, ...] = (5, 10, 20, 40, 80, 160, 320),
+        stft_window_lengths: tuple[int, ...] = (2048, 512),
+    ):
+        super().__init__()
+        self.sample_rate = sample_rate
+        k = len(mel_window_lengths)
+        # DAC's training settings for the mel loss: log-magnitude only, power 1.
+        self.mel = MelSpectrogramLoss(
+            n_mels=list(n_mels), window_lengths=list(mel_window_lengths), mel_fmin=[0.0] * k, mel_fmax=[None] * k,
+            pow=1.0, mag_weight=0.0, clamp_eps=1e-5,
+        )
+        self.stft = MultiScaleSTFTLoss(window_lengths=list(stft_window_lengths))
+        self.sisdr = SISDRLoss(scaling=True, zero_mean=True, clip_min=None)
+
+    def forward(self, estimate: Tensor, target: Tensor) -> dict[str, Tensor]:
+        with torch.autocast(estimate.device.type, enabled=False), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # audiotools: "stft_data changed shape"
+            est = AudioSignal(estimate.float(), self.sample_rate)
+            ref = AudioSignal(target.float(), self.sample_rate)
+            return {"mel": self.mel(est, ref), "stft": self.stft(est, ref), "sisdr": self.sisdr(ref, est)}

@@ -1,0 +1,5 @@
+"""Per-clip speech metrics, shared by validation and evaluation. Imports no training code."""
+
+from usedddp.metrics.intrusive import estoi, pesq_wb, si_sdr, stoi
+
+__all__ = ["estoi", "pesq_wb", "si_sdr", "stoi"]

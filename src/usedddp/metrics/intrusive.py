@@ -1,0 +1,51 @@
+"""Intrusive metrics of one clip against its reference: SI-SDR (Le Roux et al. 2019), STOI/ESTOI
+(pystoi), wide-band PESQ (the `pesq` package, ITU-T P.862.2)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def _as_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float64).reshape(-1)
+
+
+def si_sdr(estimate, reference) -> float:
+    """Scale-invariant SDR in dB, both signals zero-meaned."""
+    est, ref = _as_numpy(estimate), _as_numpy(reference)
+    est, ref = est - est.mean(), ref - ref.mean()
+    ref_energy = np.dot(ref, ref)
+    if ref_energy == 0:
+        return float("nan")
+    target = np.dot(est, ref) / ref_energy * ref
+    residual = est - target
+    return float(10 * np.log10((np.dot(target, target) + 1e-12) / (np.dot(residual, residual) + 1e-12)))
+
+
+def stoi(estimate, reference, sample_rate: int) -> float:
+    from pystoi import stoi as _stoi
+
+    return float(_stoi(_as_numpy(reference), _as_numpy(estimate), sample_rate, extended=False))
+
+
+def estoi(estimate, reference, sample_rate: int) -> float:
+    from pystoi import stoi as _stoi
+
+    return float(_stoi(_as_numpy(reference), _as_numpy(estimate), sample_rate, extended=True))
+
+
+def pesq_wb(estimate, reference, sample_rate: int = 16000) -> float:
+    """Wide-band PESQ (MOS-LQO); NaN where PESQ finds no utterance."""
+    from pesq import PesqError, pesq
+
+    if sample_rate != 16000:
+        raise ValueError(f"wide-band PESQ is defined at 16 kHz, got {sample_rate} Hz")
+    try:
+        return float(pesq(sample_rate, _as_numpy(reference), _as_numpy(estimate), "wb"))
+    except PesqError:
+        return math.nan

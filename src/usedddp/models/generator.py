@@ -1,0 +1,48 @@
+"""The USE-DDP generator: codec encoder -> clean and noise RoFormer branches -> shared decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from usedddp.models.components.branch import BranchOutput, RoFormerBranch
+from usedddp.models.components.mixture import least_squares_scales
+
+STREAMS = ("clean", "noise")
+
+
+@dataclass
+class GeneratorOutput:
+    clean: Tensor  # (B, 1, T) estimated clean speech, s_hat
+    noise: Tensor | None  # (B, 1, T) estimated noise, n_hat (None when the noise branch is off)
+    branches: dict[str, BranchOutput]
+    alpha: Tensor | None = None  # (B, 1, 1)
+    beta: Tensor | None = None  # (B, 1, 1)
+    reconstruction: Tensor | None = None  # (B, 1, T) alpha * s_hat + beta * n_hat (eq. 2)
+
+
+class Generator(nn.Module):
+    def __init__(self, codec: nn.Module, clean: RoFormerBranch, noise: RoFormerBranch):
+        super().__init__()
+        self.codec = codec
+        self.branches = nn.ModuleDict({"clean": clean, "noise": noise})
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    def forward(self, wav: Tensor, streams: tuple[str, ...] = STREAMS) -> GeneratorOutput:
+        """wav (B, 1, T) -> GeneratorOutput; `streams=("clean",)` skips the noise branch (stage 1)."""
+        length = wav.shape[-1]
+        z = self.codec.encode(wav)
+        branches = {name: self.branches[name](z) for name in streams}
+        # One decoder pass over both streams stacked on the batch axis: the decoder is shared.
+        z_q = torch.cat([out.z_q for out in branches.values()])
+        decoded = dict(zip(branches, self.codec.decode(z_q, length).chunk(len(branches))))
+        out = GeneratorOutput(clean=decoded["clean"], noise=decoded.get("noise"), branches=branches)
+        if out.noise is not None:
+            out.alpha, out.beta = least_squares_scales(wav, out.clean, out.noise)
+            out.reconstruction = out.alpha * out.clean + out.beta * out.noise
+        return out

@@ -1,0 +1,245 @@
+"""The LightningModule: orchestrates the three adversarial games and the three training stages.
+
+One discriminator step, then one generator step per batch (manual optimisation). The tensor
+maths lives in the generator, the losses and the discriminators.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from usedddp.losses.adversarial import discriminator_loss, feature_matching_loss, generator_loss
+from usedddp.losses.reconstruction import ReconstructionLoss
+from usedddp.metrics import estoi, pesq_wb, si_sdr
+from usedddp.models.generator import Generator, GeneratorOutput
+
+log = logging.getLogger(__name__)
+
+ENSEMBLES = ("clean", "noise", "noisy")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    streams: tuple[str, ...]  # generator branches that run
+    ensembles: tuple[str, ...]  # discriminator ensembles that play
+    targets: tuple[str, ...]  # streams with a supervised target (simulated mixtures)
+    mixture: bool  # reconstruction of the input from alpha * s_hat + beta * n_hat
+
+
+# Seed 002, §3: (1) pretrain E, R_CS, D and D_CS on simulated mixtures; (2) add R_N and D_N,
+# train both streams and the noisy-speech reconstruction; (3) drop the clean-speech target and
+# keep only the adversarial priors and the reconstruction consistency. The noisy ensemble
+# judges the reconstruction, so it plays from stage 2 on.
+STAGES = {
+    1: StageSpec(streams=("clean",), ensembles=("clean",), targets=("clean",), mixture=False),
+    2: StageSpec(streams=("clean", "noise"), ensembles=ENSEMBLES, targets=("clean", "noise"), mixture=True),
+    3: StageSpec(streams=("clean", "noise"), ensembles=ENSEMBLES, targets=(), mixture=True),
+}
+
+
+class USEDDPModule(L.LightningModule):
+    def __init__(
+        self,
+        codec: nn.Module,
+        branch: Callable[..., nn.Module],
+        discriminator: Callable[[], nn.Module],
+        reconstruction: ReconstructionLoss,
+        loss_weights: dict[str, float],
+        optimizer_g: Callable,
+        optimizer_d: Callable,
+        scheduler_g: Callable | None = None,
+        scheduler_d: Callable | None = None,
+        grad_clip_val: float = 1000.0,
+        stage: int = 1,
+        full_metrics_every_n_val: int = 5,
+        sample_rate: int = 16000,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.generator = Generator(codec, clean=branch(codec.latent_dim), noise=branch(codec.latent_dim))
+        for name in ("clean", "noise"):
+            copied = self.generator.branches[name].quantizer.load_release(getattr(codec, "release_quantizer_state", {}))
+            if copied:
+                log.info("%s branch: %d codebooks copied from the DAC release quantizer", name, copied)
+        self.discriminators = nn.ModuleDict({name: discriminator() for name in ENSEMBLES})
+        self.reconstruction = reconstruction
+        unknown = set(loss_weights) - set(LOSS_KEYS)
+        if unknown:
+            raise ValueError(f"unknown loss weight keys {sorted(unknown)}; known: {LOSS_KEYS}")
+        self.loss_weights = {key: float(loss_weights.get(key, 0.0)) for key in LOSS_KEYS}
+        self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
+        self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
+        self.grad_clip_val = grad_clip_val
+        self.stage = stage
+        self.full_metrics_every_n_val = full_metrics_every_n_val
+        self.sample_rate = sample_rate
+        self.skipped_steps: Counter[str] = Counter()
+        self.full_metrics_next_val = False
+        self._val_count = 0
+        self._val_rows: list[dict[str, float]] = []
+
+    @property
+    def stage(self) -> int:
+        return self._stage
+
+    @stage.setter
+    def stage(self, value: int) -> None:
+        if value not in STAGES:
+            raise ValueError(f"stage must be one of {sorted(STAGES)}, got {value}")
+        self._stage = value
+
+    @property
+    def spec(self) -> StageSpec:
+        return STAGES[self.stage]
+
+    def configure_optimizers(self):
+        opt_g = self.optimizer_g(self.generator.parameters())
+        opt_d = self.optimizer_d(self.discriminators.parameters())
+        schedulers = [s(o) for s, o in ((self.scheduler_g, opt_g), (self.scheduler_d, opt_d)) if s is not None]
+        return [opt_g, opt_d], schedulers
+
+    # -- training -----------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        spec = self.spec
+        out = self.generator(batch.noisy, streams=spec.streams)
+        fakes = self.fakes(out)
+        reals = {"clean": batch.clean_prior, "noise": batch.noise_prior, "noisy": batch.noisy}
+        opt_g, opt_d = self.optimizers()
+
+        d_terms = self.discriminator_terms(reals, fakes)
+        self.toggle_optimizer(opt_d)
+        # The raw optimizer, so that Lightning's global_step (and trainer.max_steps) counts
+        # generator steps only: one per batch.
+        self._optimizer_step(opt_d.optimizer, sum(d_terms.values()), self.discriminators, "d")
+        self.untoggle_optimizer(opt_d)
+
+        self.toggle_optimizer(opt_g)
+        g_terms = self.generator_terms(batch, out, reals, fakes)
+        g_total = sum(self.loss_weights[k] * v for k, v in g_terms.items())
+        self._optimizer_step(opt_g, g_total, self.generator, "g")
+        self.untoggle_optimizer(opt_g)
+        for scheduler in self.lr_schedulers() if isinstance(self.lr_schedulers(), list) else [self.lr_schedulers()]:
+            if scheduler is not None:
+                scheduler.step()
+
+        logged = {f"train/{k}": v.detach() for k, v in {**d_terms, **g_terms}.items()}
+        logged["train/g/total"] = g_total.detach()
+        if out.alpha is not None:
+            logged["train/alpha/mean"], logged["train/beta/mean"] = out.alpha.mean(), out.beta.mean()
+        logged["train/lr/g"] = torch.tensor(opt_g.param_groups[0]["lr"])
+        logged["train/stage"] = torch.tensor(float(self.stage))
+        logged["train/d/total"] = sum(d_terms.values()).detach()
+        self.log_dict(logged, on_step=True, batch_size=batch.noisy.shape[0])
+        self.log_dict({"g": g_total.detach(), "d": logged["train/d/total"]}, prog_bar=True, logger=False, batch_size=batch.noisy.shape[0])
+
+    def fakes(self, out: GeneratorOutput) -> dict[str, Tensor]:
+        return {"clean": out.clean, "noise": out.noise, "noisy": out.reconstruction}
+
+    def discriminator_terms(self, reals: dict[str, Tensor], fakes: dict[str, Tensor]) -> dict[str, Tensor]:
+        """LS-GAN discriminator loss per playing ensemble; fakes are detached, so this step
+        cannot reach the generator."""
+        return {
+            f"d/{name}": discriminator_loss(self.discriminators[name](reals[name]), self.discriminators[name](fakes[name].detach()))
+            for name in self.spec.ensembles
+        }
+
+    def generator_terms(self, batch, out: GeneratorOutput, reals: dict[str, Tensor], fakes: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Unweighted generator loss terms, keyed as in `loss_weights` (and the logs)."""
+        spec, terms = self.spec, {}
+        for stream in spec.targets:
+            for name, value in self.reconstruction(fakes[stream], getattr(batch, stream)).items():
+                terms[f"g/{stream}/{name}"] = value
+        if spec.mixture:
+            for name, value in self.reconstruction(out.reconstruction, batch.noisy).items():
+                terms[f"g/mix/{name}"] = value
+            # alpha and beta make the reconstruction blind to each stream's level; anchoring
+            # them near 1 keeps the tanh outputs from drifting into saturation.
+            terms["g/scale"] = (torch.log(out.alpha.abs() + 1e-4) ** 2 + torch.log(out.beta.abs() + 1e-4) ** 2).mean()
+        for stream, branch in out.branches.items():
+            terms[f"vq/{stream}/commitment"] = branch.commitment
+            terms[f"vq/{stream}/codebook"] = branch.codebook
+        for name in spec.ensembles:
+            d_fake = self.discriminators[name](fakes[name])
+            d_real = self.discriminators[name](reals[name])
+            terms[f"adv/{name}/gen"] = generator_loss(d_fake)
+            # Paired when the 'real' example is this fake's own target (the noisy input for the
+            # reconstruction; the simulated sources in stages 1-2).
+            terms[f"adv/{name}/feat"] = feature_matching_loss(d_real, d_fake, paired=name == "noisy" or name in spec.targets)
+        return terms
+
+    def _optimizer_step(self, optimizer, loss: Tensor, module: nn.Module, name: str) -> bool:
+        """Backward and step, unless the loss or the gradient is NaN/Inf: then the step is
+        skipped on every process, counted, and the weights are untouched."""
+        optimizer.zero_grad(set_to_none=True)
+        finite = bool(torch.isfinite(loss.detach()))
+        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            self.manual_backward(loss)
+            params = [p for p in module.parameters() if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip_val) if params else torch.zeros(())
+            finite = bool(torch.isfinite(norm))
+            self.log(f"train/grad_norm/{name}", norm, on_step=True)
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps[name] += 1
+            log.warning("stage %d step %d: non-finite %s loss or gradient, %s step skipped (%d so far)", self.stage, self.global_step, name, name, self.skipped_steps[name])
+            self.log(f"train/skipped/{name}", float(self.skipped_steps[name]), on_step=True)
+            return False
+        optimizer.step()
+        return True
+
+    # -- validation -----------------------------------------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_count += 1
+        self._full_metrics = self.full_metrics_next_val or (self.full_metrics_every_n_val > 0 and self._val_count % self.full_metrics_every_n_val == 0)
+        self._val_rows = []
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        out = self.generator(batch.noisy, streams=("clean", "noise"))
+        for i in range(batch.noisy.shape[0]):
+            row = {"mix/si_sdr": si_sdr(out.reconstruction[i], batch.noisy[i])}
+            if batch.clean is not None:
+                ref, noisy, clean = batch.clean[i], batch.noisy[i], out.clean[i]
+                row["si_sdr"], row["input/si_sdr"] = si_sdr(clean, ref), si_sdr(noisy, ref)
+                if self._full_metrics:
+                    row["estoi"], row["input/estoi"] = estoi(clean, ref, self.sample_rate), estoi(noisy, ref, self.sample_rate)
+                    row["pesq_wb"], row["input/pesq_wb"] = pesq_wb(clean, ref, self.sample_rate), pesq_wb(noisy, ref, self.sample_rate)
+            self._val_rows.append(row)
+
+    def on_validation_epoch_end(self) -> None:
+        keys = sorted({k for row in self._val_rows for k in row})
+        means = {}
+        for key in keys:
+            values = [row[key] for row in self._val_rows if key in row and not math.isnan(row[key])]
+            means[f"val/{key}"] = sum(values) / len(values) if values else math.nan
+        if means:
+            self.log_dict(means, sync_dist=True)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["usedddp"] = {"stage": self.stage, "skipped_steps": dict(self.skipped_steps)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        meta = checkpoint.get("usedddp", {})
+        if "stage" in meta:
+            self.stage = int(meta["stage"])
+        self.skipped_steps = Counter(meta.get("skipped_steps", {}))
+
+
+LOSS_KEYS = tuple(
+    [f"g/{s}/{t}" for s in ("clean", "noise", "mix") for t in ("mel", "stft", "sisdr")]
+    + ["g/scale"]
+    + [f"vq/{s}/{t}" for s in ("clean", "noise") for t in ("commitment", "codebook")]
+    + [f"adv/{e}/{t}" for e in ENSEMBLES for t in ("gen", "feat")]
+)

@@ -1,0 +1,156 @@
+"""Staged USE-DDP training: `python -m usedddp.train [experiment=...] [overrides]`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from usedddp.assets import DEMO_ROOT
+from usedddp.checkpoints import find_checkpoint, load_checkpoint, read_stage
+from usedddp.examples import write_examples
+
+log = logging.getLogger("usedddp.train")
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+if not OmegaConf.has_resolver("usedddp_demo_root"):
+    OmegaConf.register_new_resolver("usedddp_demo_root", lambda: str(DEMO_ROOT))
+
+
+def train(cfg: DictConfig) -> dict:
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+
+    prior = _corpus_record(cfg.prior, cfg.data)
+    noise = _corpus_record(cfg.noise, cfg.data)
+    if prior["in_domain"]:
+        log.warning("clean prior '%s' is IN-DOMAIN for data '%s': it comes from the corpus the evaluation mixtures were made from, which flatters results", prior["name"], cfg.data.domain)
+    log.info("clean prior: %s (%s); noise prior: %s (%s)", prior["name"], prior["dir"], noise["name"], noise["dir"])
+
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.model)
+    stages = [int(s) for s in cfg.stages]
+
+    resume = find_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
+    if resume is not None:
+        resume_stage = read_stage(resume)
+        if resume_stage not in stages:
+            raise ValueError(f"ckpt_path={resume} is a stage-{resume_stage} checkpoint, but stages={stages}")
+        stages = stages[stages.index(resume_stage):]
+        log.info("resuming stage %d from %s", resume_stage, resume)
+    elif cfg.init_from:
+        source = find_checkpoint(cfg.init_from)
+        result = module.load_state_dict(load_checkpoint(source)["state_dict"], strict=False)
+        log.info("init_from=%s: %d tensors missing, %d unexpected%s", source, len(result.missing_keys), len(result.unexpected_keys),
+                 f" (missing e.g. {result.missing_keys[:3]}, unexpected e.g. {result.unexpected_keys[:3]})" if result.missing_keys or result.unexpected_keys else "")
+
+    summary_path = run_dir / "summary.json"
+    summary = {
+        "run_dir": str(run_dir),
+        "config": str(run_dir / ".hydra" / "config.yaml"),
+        "data": {"domain": cfg.data.domain, "root": str(cfg.data.root)},
+        "prior": prior,
+        "noise": noise,
+        "codec_weights": cfg.model.codec.get("weights"),
+        "init_from": cfg.init_from,
+        "resumed_from": str(resume) if resume else None,
+        "stages": {},
+    }
+    if not cfg.model.codec.get("weights"):
+        log.warning("model starts from random codec weights (no model.codec.weights given)")
+
+    for stage in stages:
+        module.stage = datamodule.stage = stage
+        summary["stages"][str(stage)] = _fit_stage(cfg, module, datamodule, stage, run_dir, resume if stage == stages[0] else None)
+        summary["wall_time_s"] = round(time.time() - started, 1)
+        summary_path.write_text(json.dumps(summary, indent=2))
+
+    summary["skipped_nonfinite_steps"] = dict(module.skipped_steps)
+    summary["skipped_files"] = {name: [f"{p}: {why}" for p, why in corpus.skipped] for name, corpus in datamodule.corpora.items() if corpus.skipped}
+    summary["wall_time_s"] = round(time.time() - started, 1)
+    summary_path.write_text(json.dumps(summary, indent=2))
+    _print_report(summary)
+    return summary
+
+
+def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, resume: Path | None) -> dict:
+    stage_dir = run_dir / f"stage{stage}"
+    max_steps = int(cfg.stage_max_steps.get(stage, cfg.stage_max_steps.get(str(stage), cfg.trainer.max_steps)))
+    datamodule.setup("fit")
+    callbacks = {}
+    for name, cb_cfg in cfg.callbacks.items():
+        extra = {}
+        if cb_cfg._target_.endswith("ModelCheckpoint"):
+            extra["dirpath"] = str(stage_dir / "checkpoints")
+            if cb_cfg.get("monitor") and not datamodule.has_references:
+                extra["monitor"] = "val/mix/si_sdr"
+        callbacks[name] = instantiate(cb_cfg, **extra)
+    loggers = [instantiate(lg, version=f"stage{stage}") for lg in cfg.logger.values()]
+    trainer = instantiate(cfg.trainer, max_steps=max_steps, callbacks=list(callbacks.values()), logger=loggers)
+
+    started = time.time()
+    log.info("stage %d: %d steps, batches of %s", stage, max_steps, type(datamodule).__name__)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=False)
+    fit_seconds = time.time() - started
+
+    # End-of-stage validation with every metric (PESQ and ESTOI are otherwise computed at an interval).
+    module.full_metrics_next_val = True
+    metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    module.full_metrics_next_val = False
+
+    record = {
+        "steps": int(trainer.global_step),
+        "fit_seconds": round(fit_seconds, 1),
+        "metrics": {k: round(float(v), 4) for k, v in sorted(metrics.items())},
+        "checkpoints": {
+            "last": next((cb.last_model_path for cb in callbacks.values() if getattr(cb, "last_model_path", "")), ""),
+            "best": next((cb.best_model_path for cb in callbacks.values() if getattr(cb, "monitor", None)), ""),
+        },
+    }
+    if trainer.is_global_zero:
+        record["examples"] = [str(p) for p in write_examples(module.generator, datamodule.val_dataset, run_dir / "examples" / f"stage{stage}", cfg.n_examples)]
+    log.info("stage %d done in %.0f s: %s", stage, fit_seconds, record["metrics"])
+    return record
+
+
+def _corpus_record(corpus_cfg: DictConfig, data_cfg: DictConfig) -> dict:
+    return {
+        "name": corpus_cfg.name,
+        "dir": str(corpus_cfg.dir),
+        "domain": str(corpus_cfg.domain),
+        "in_domain": str(corpus_cfg.domain) == str(data_cfg.domain),
+    }
+
+
+def _print_report(summary: dict) -> None:
+    lines = [f"run directory: {summary['run_dir']}", f"clean prior: {summary['prior']['name']} (in-domain: {summary['prior']['in_domain']})"]
+    header = f"{'stage':>5} {'steps':>6} {'SI-SDR clean':>13} {'SI-SDR noisy':>13} {'ESTOI clean':>12} {'ESTOI noisy':>12} {'PESQ clean':>11} {'PESQ noisy':>11}"
+    lines.append(header)
+    for stage, rec in summary["stages"].items():
+        m = rec["metrics"]
+        cells = [m.get(k, float("nan")) for k in ("val/si_sdr", "val/input/si_sdr", "val/estoi", "val/input/estoi", "val/pesq_wb", "val/input/pesq_wb")]
+        lines.append(f"{stage:>5} {rec['steps']:>6} " + " ".join(f"{c:>{w}.3f}" for c, w in zip(cells, (13, 13, 12, 12, 11, 11))))
+    lines.append(f"wall time: {summary['wall_time_s']:.0f} s; summary: {summary['run_dir']}/summary.json")
+    print("\n".join(lines))
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
