@@ -87,7 +87,8 @@ def train(cfg: DictConfig) -> dict:
 
 def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, resume: Path | None) -> dict:
     stage_dir = run_dir / f"stage{stage}"
-    max_steps = int(cfg.stage_max_steps.get(stage, cfg.stage_max_steps.get(str(stage), cfg.trainer.max_steps)))
+    budgets = cfg.stage_max_steps or {}
+    max_steps = int(budgets.get(stage, budgets.get(str(stage), cfg.trainer.max_steps)))
     datamodule.setup("fit")
     callbacks = {}
     for name, cb_cfg in cfg.callbacks.items():
@@ -102,7 +103,7 @@ def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, r
 
     started = time.time()
     log.info("stage %d: %d steps, batches of %s", stage, max_steps, type(datamodule).__name__)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     fit_seconds = time.time() - started
 
     # End-of-stage validation with every metric (PESQ and ESTOI are otherwise computed at an interval).

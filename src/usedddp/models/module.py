@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from usedddp.losses.adversarial import discriminator_loss, feature_matching_loss, generator_loss
 from usedddp.losses.reconstruction import ReconstructionLoss
 from usedddp.metrics import estoi, pesq_wb, si_sdr
+from usedddp.models.components.discriminator import DiscriminatorOutput
 from usedddp.models.generator import Generator, GeneratorOutput
 
 log = logging.getLogger(__name__)
@@ -147,10 +148,13 @@ class USEDDPModule(L.LightningModule):
     def discriminator_terms(self, reals: dict[str, Tensor], fakes: dict[str, Tensor]) -> dict[str, Tensor]:
         """LS-GAN discriminator loss per playing ensemble; fakes are detached, so this step
         cannot reach the generator."""
-        return {
-            f"d/{name}": discriminator_loss(self.discriminators[name](reals[name]), self.discriminators[name](fakes[name].detach()))
-            for name in self.spec.ensembles
-        }
+        return {f"d/{name}": discriminator_loss(*self.judge(name, reals[name], fakes[name].detach())) for name in self.spec.ensembles}
+
+    def judge(self, name: str, *wavs: Tensor) -> list[DiscriminatorOutput]:
+        """One pass of ensemble `name` over signals stacked on the batch axis: half the kernel
+        launches of one pass each, which bound the step time on a GPU (the ensembles are many
+        small convolutions). Per-item normalisation keeps the items independent."""
+        return self.discriminators[name](torch.cat(wavs)).chunk(len(wavs))
 
     def generator_terms(self, batch, out: GeneratorOutput, reals: dict[str, Tensor], fakes: dict[str, Tensor]) -> dict[str, Tensor]:
         """Unweighted generator loss terms, keyed as in `loss_weights` (and the logs)."""
@@ -168,8 +172,7 @@ class USEDDPModule(L.LightningModule):
             terms[f"vq/{stream}/commitment"] = branch.commitment
             terms[f"vq/{stream}/codebook"] = branch.codebook
         for name in spec.ensembles:
-            d_fake = self.discriminators[name](fakes[name])
-            d_real = self.discriminators[name](reals[name])
+            d_fake, d_real = self.judge(name, fakes[name], reals[name])
             terms[f"adv/{name}/gen"] = generator_loss(d_fake)
             # Paired when the 'real' example is this fake's own target (the noisy input for the
             # reconstruction; the simulated sources in stages 1-2).
@@ -193,6 +196,10 @@ class USEDDPModule(L.LightningModule):
             self.skipped_steps[name] += 1
             log.warning("stage %d step %d: non-finite %s loss or gradient, %s step skipped (%d so far)", self.stage, self.global_step, name, name, self.skipped_steps[name])
             self.log(f"train/skipped/{name}", float(self.skipped_steps[name]), on_step=True)
+            # With every gradient None the optimizer leaves weights and state alone, but Lightning
+            # still counts the step: trainer.max_steps bounds the batches (with max_epochs=-1 a
+            # persistently non-finite loss would otherwise never end the stage).
+            optimizer.step()
             return False
         optimizer.step()
         return True

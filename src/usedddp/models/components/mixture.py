@@ -13,8 +13,12 @@ def least_squares_scales(x: Tensor, s: Tensor, n: Tensor, ridge: float = 1e-6) -
     x, s, n: (B, 1, T) -> alpha, beta: (B, 1, 1). Solves the 2x2 normal equations by Cramer's
     rule with a ridge proportional to the streams' energy, so a silent stream gets scale 0
     and collinear streams share the fit instead of producing inf/NaN.
+
+    Solved in float64: for (nearly) collinear streams, which is where the generator starts
+    (both branches pass the encoder latent through), the determinant is of the order of the
+    ridge, ~1e-6 of its terms, and float32 cancellation would leave the fit several percent off.
     """
-    x, s, n = x.float(), s.float(), n.float()
+    x, s, n = x.double(), s.double(), n.double()
     ss = reduce(s * s, "b c t -> b 1 1", "sum")
     nn_ = reduce(n * n, "b c t -> b 1 1", "sum")
     sn = reduce(s * n, "b c t -> b 1 1", "sum")
@@ -25,4 +29,4 @@ def least_squares_scales(x: Tensor, s: Tensor, n: Tensor, ridge: float = 1e-6) -
     det = a11 * a22 - sn * sn
     alpha = (a22 * sx - sn * nx) / det
     beta = (a11 * nx - sn * sx) / det
-    return alpha, beta
+    return alpha.float(), beta.float()
