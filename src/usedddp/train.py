@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -98,7 +99,11 @@ def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, r
             if cb_cfg.get("monitor") and not datamodule.has_references:
                 extra["monitor"] = "val/mix/si_sdr"
         callbacks[name] = instantiate(cb_cfg, **extra)
-    loggers = [instantiate(lg, version=f"stage{stage}") for lg in cfg.logger.values()]
+    loggers = [_stage_logger(lg, stage, cfg.run_name) for lg in cfg.logger.values()]
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams["stage"], hparams["prior"]["in_domain"] = stage, _corpus_record(cfg.prior, cfg.data)["in_domain"]
+    for logger in loggers:
+        logger.log_hyperparams(hparams)
     trainer = instantiate(cfg.trainer, max_steps=max_steps, callbacks=list(callbacks.values()), logger=loggers)
 
     started = time.time()
@@ -123,7 +128,16 @@ def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, r
     if trainer.is_global_zero:
         record["examples"] = [str(p) for p in write_examples(module.generator, datamodule.val_dataset, run_dir / "examples" / f"stage{stage}", cfg.n_examples)]
     log.info("stage %d done in %.0f s: %s", stage, fit_seconds, record["metrics"])
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        sys.modules["wandb"].finish()  # one wandb run per stage: each stage's steps start at 0
     return record
+
+
+def _stage_logger(logger_cfg: DictConfig, stage: int, run_name: str):
+    if logger_cfg._target_.endswith("WandbLogger"):
+        # wandb run ids must be unique in a project: name the run, let wandb pick the id.
+        return instantiate(logger_cfg, name=f"{run_name}/stage{stage}", job_type=f"stage{stage}")
+    return instantiate(logger_cfg, version=f"stage{stage}")
 
 
 def _corpus_record(corpus_cfg: DictConfig, data_cfg: DictConfig) -> dict:

@@ -27,6 +27,14 @@ class _ValPlan(NamedTuple):
     has_references: bool
 
 
+def _spread(items: list, k: int) -> list:
+    """k items evenly spaced over a sorted list, so that every speaker or condition of a test
+    set sorted by name is represented (the first k would often be one speaker)."""
+    if k >= len(items):
+        return list(items)
+    return [items[i * len(items) // k] for i in range(k)]
+
+
 def _is_dir(path: str | None) -> bool:
     return path is not None and Path(path).is_dir()
 
@@ -139,11 +147,12 @@ class USEDataModule(L.LightningDataModule):
                 if unmatched:
                     log.warning("%d files of %s have no clean reference in %s and are not used for validation",
                                 len(unmatched), root, self.val_clean_dir)
-                noisy, clean = [n for n, _ in pairs[:k]], [c for _, c in pairs[:k]]
+                pairs = _spread(pairs, k)
+                noisy, clean = [n for n, _ in pairs], [c for _, c in pairs]
             else:
                 log.warning("validation is reference-free: val_clean_dir %s",
                             "is not set" if self.val_clean_dir is None else f"{self.val_clean_dir} does not exist")
-                noisy, clean = find_audio_files(root)[:k], None
+                noisy, clean = _spread(find_audio_files(root), k), None
             return _ValPlan(noisy, clean, [p.relative_to(root).as_posix() for p in noisy], [], clean is not None)
         if self.val_noisy_dir is not None:
             log.warning("val_noisy_dir %s does not exist; falling back", self.val_noisy_dir)
