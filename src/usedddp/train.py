@@ -13,6 +13,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from usedddp.assets import DEMO_ROOT
@@ -76,14 +77,22 @@ def train(cfg: DictConfig) -> dict:
         module.stage = datamodule.stage = stage
         summary["stages"][str(stage)] = _fit_stage(cfg, module, datamodule, stage, run_dir, resume if stage == stages[0] else None)
         summary["wall_time_s"] = round(time.time() - started, 1)
-        summary_path.write_text(json.dumps(summary, indent=2))
+        _write_summary(summary_path, summary)
 
     summary["skipped_nonfinite_steps"] = dict(module.skipped_steps)
     summary["skipped_files"] = {name: [f"{p}: {why}" for p, why in corpus.skipped] for name, corpus in datamodule.corpora.items() if corpus.skipped}
     summary["wall_time_s"] = round(time.time() - started, 1)
-    summary_path.write_text(json.dumps(summary, indent=2))
-    _print_report(summary)
+    _write_summary(summary_path, summary)
+    if rank_zero_only.rank == 0:
+        _print_report(summary)
     return summary
+
+
+def _write_summary(path: Path, summary: dict) -> None:
+    # Under DDP every process runs this recipe; only global rank 0 (which also writes the
+    # checkpoints, logs and examples) writes the summary, or the ranks would race on one file.
+    if rank_zero_only.rank == 0:
+        path.write_text(json.dumps(summary, indent=2))
 
 
 def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, resume: Path | None) -> dict:
