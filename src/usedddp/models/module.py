@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from usedddp.losses.adversarial import discriminator_loss, feature_matching_loss, generator_loss
 from usedddp.losses.reconstruction import ReconstructionLoss
-from usedddp.metrics import estoi, pesq_wb, si_sdr
+from usedddp.metrics import dnsmos, estoi, pesq_wb, si_sdr
 from usedddp.models.components.discriminator import DiscriminatorOutput
 from usedddp.models.generator import Generator, GeneratorOutput
 
@@ -61,6 +61,7 @@ class USEDDPModule(L.LightningModule):
         grad_clip_val: float = 1000.0,
         stage: int = 1,
         full_metrics_every_n_val: int = 5,
+        val_dnsmos: bool = True,
         sample_rate: int = 16000,
     ):
         super().__init__()
@@ -81,6 +82,9 @@ class USEDDPModule(L.LightningModule):
         self.grad_clip_val = grad_clip_val
         self.stage = stage
         self.full_metrics_every_n_val = full_metrics_every_n_val
+        # DNSMOS scores 9 s windows (clips are tiled to fill one): about 0.2 s a window on a CPU.
+        self.val_dnsmos = val_dnsmos
+        self._input_cache: dict[str, dict[str, float]] = {}
         self.sample_rate = sample_rate
         self.skipped_steps: Counter[str] = Counter()
         self.full_metrics_next_val = False
@@ -213,15 +217,32 @@ class USEDDPModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         out = self.generator(batch.noisy, streams=("clean", "noise"))
-        for i in range(batch.noisy.shape[0]):
-            row = {"mix/si_sdr": si_sdr(out.reconstruction[i], batch.noisy[i])}
-            if batch.clean is not None:
-                ref, noisy, clean = batch.clean[i], batch.noisy[i], out.clean[i]
-                row["si_sdr"], row["input/si_sdr"] = si_sdr(clean, ref), si_sdr(noisy, ref)
-                if self._full_metrics:
-                    row["estoi"], row["input/estoi"] = estoi(clean, ref, self.sample_rate), estoi(noisy, ref, self.sample_rate)
-                    row["pesq_wb"], row["input/pesq_wb"] = pesq_wb(clean, ref, self.sample_rate), pesq_wb(noisy, ref, self.sample_rate)
+        for i, name in enumerate(batch.name):
+            noisy, clean, ref = batch.noisy[i], out.clean[i], None if batch.clean is None else batch.clean[i]
+            # Without references DNSMOS is the only quality signal, so it runs every validation.
+            full, with_dnsmos = self._full_metrics, self._full_metrics and self.val_dnsmos or ref is None
+            row = {"mix/si_sdr": si_sdr(out.reconstruction[i], noisy), **self._input_scores(name, noisy, ref, full, with_dnsmos)}
+            if ref is not None:
+                row["si_sdr"] = si_sdr(clean, ref)
+                if full:
+                    row["estoi"], row["pesq_wb"] = estoi(clean, ref, self.sample_rate), pesq_wb(clean, ref, self.sample_rate)
+            if with_dnsmos:
+                row.update({f"dnsmos/{k}": v for k, v in dnsmos(clean, self.sample_rate).items()})
             self._val_rows.append(row)
+
+    def _input_scores(self, name: str, noisy: Tensor, ref: Tensor | None, full: bool, with_dnsmos: bool) -> dict[str, float]:
+        """The noisy input's own scores (the row every table compares against); the clips are
+        fixed, so each score is computed once per clip and cached."""
+        cache = self._input_cache.setdefault(name, {})
+        if ref is not None and "input/si_sdr" not in cache:
+            cache["input/si_sdr"] = si_sdr(noisy, ref)
+        if ref is not None and full and "input/estoi" not in cache:
+            cache["input/estoi"], cache["input/pesq_wb"] = estoi(noisy, ref, self.sample_rate), pesq_wb(noisy, ref, self.sample_rate)
+        if with_dnsmos and "input/dnsmos/ovrl" not in cache:
+            cache.update({f"input/dnsmos/{k}": v for k, v in dnsmos(noisy, self.sample_rate).items()})
+        wanted = ["input/si_sdr"] * (ref is not None) + ["input/estoi", "input/pesq_wb"] * (ref is not None and full)
+        wanted += [f"input/dnsmos/{k}" for k in ("sig", "bak", "ovrl", "p808")] * with_dnsmos
+        return {key: cache[key] for key in wanted}
 
     def on_validation_epoch_end(self) -> None:
         keys = sorted({k for row in self._val_rows for k in row})
