@@ -56,8 +56,9 @@ def train(cfg: DictConfig) -> dict:
     elif cfg.init_from:
         source = find_checkpoint(cfg.init_from)
         result = module.load_state_dict(load_checkpoint(source)["state_dict"], strict=False)
+        examples = [f"{kind} e.g. {keys[:3]}" for kind, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys)) if keys]
         log.info("init_from=%s: %d tensors missing, %d unexpected%s", source, len(result.missing_keys), len(result.unexpected_keys),
-                 f" (missing e.g. {result.missing_keys[:3]}, unexpected e.g. {result.unexpected_keys[:3]})" if result.missing_keys or result.unexpected_keys else "")
+                 f" ({'; '.join(examples)})" if examples else "")
 
     summary_path = run_dir / "summary.json"
     summary = {
@@ -71,8 +72,6 @@ def train(cfg: DictConfig) -> dict:
         "resumed_from": str(resume) if resume else None,
         "stages": {},
     }
-    if not cfg.model.codec.get("weights"):
-        log.warning("model starts from random codec weights (no model.codec.weights given)")
 
     for stage in stages:
         module.stage = datamodule.stage = stage
@@ -117,7 +116,8 @@ def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, r
     trainer = instantiate(cfg.trainer, max_steps=max_steps, callbacks=list(callbacks.values()), logger=loggers)
 
     started = time.time()
-    log.info("stage %d: %d steps, batches of %s", stage, max_steps, type(datamodule).__name__)
+    source = "mixtures simulated from the prior corpora" if stage < 3 else "real noisy recordings + independent prior draws, no clean target"
+    log.info("stage %d: %d steps on %s", stage, max_steps, source)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     fit_seconds = time.time() - started
 
