@@ -154,3 +154,12 @@ def test_real_features_get_no_gradient(paired):
     loss.backward()
     assert all(m.grad is None for layers in real for m in layers)
     assert all(m.grad is not None and m.grad.abs().sum() > 0 for layers in fake for m in layers)
+
+
+def test_scale_anchor_is_zero_at_unit_scales_and_grows_away_from_them():
+    from usedddp.losses.reconstruction import scale_anchor_loss
+
+    ones = torch.ones(3, 1, 1)
+    assert scale_anchor_loss(ones, ones).item() == pytest.approx(0.0, abs=1e-6)
+    assert scale_anchor_loss(2 * ones, ones) > scale_anchor_loss(1.1 * ones, ones) > 0
+    assert scale_anchor_loss(0.5 * ones, ones).item() == pytest.approx(scale_anchor_loss(2 * ones, ones).item(), rel=1e-3)

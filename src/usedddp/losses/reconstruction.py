@@ -46,3 +46,11 @@ class ReconstructionLoss(nn.Module):
             est = AudioSignal(estimate.float(), self.sample_rate)
             ref = AudioSignal(target.float(), self.sample_rate)
             return {"mel": self.mel(est, ref), "stft": self.stft(est, ref), "sisdr": self.sisdr(ref, est)}
+
+
+def scale_anchor_loss(alpha: Tensor, beta: Tensor) -> Tensor:
+    """mean(log|alpha|^2 + log|beta|^2), 0 when both scales are 1.
+
+    alpha and beta (seed 002, eq. 1) make the reconstruction blind to each stream's level;
+    anchoring them near 1 keeps DAC's tanh outputs from drifting into saturation."""
+    return (torch.log(alpha.abs() + 1e-4) ** 2 + torch.log(beta.abs() + 1e-4) ** 2).mean()

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from usedddp.losses.adversarial import discriminator_loss, feature_matching_loss, generator_loss
-from usedddp.losses.reconstruction import ReconstructionLoss
+from usedddp.losses.reconstruction import ReconstructionLoss, scale_anchor_loss
 from usedddp.metrics import dnsmos, estoi, pesq_wb, si_sdr
 from usedddp.models.components.discriminator import DiscriminatorOutput
 from usedddp.models.generator import Generator, GeneratorOutput
@@ -169,9 +169,7 @@ class USEDDPModule(L.LightningModule):
         if spec.mixture:
             for name, value in self.reconstruction(out.reconstruction, batch.noisy).items():
                 terms[f"g/mix/{name}"] = value
-            # alpha and beta make the reconstruction blind to each stream's level; anchoring
-            # them near 1 keeps the tanh outputs from drifting into saturation.
-            terms["g/scale"] = (torch.log(out.alpha.abs() + 1e-4) ** 2 + torch.log(out.beta.abs() + 1e-4) ** 2).mean()
+            terms["g/scale"] = scale_anchor_loss(out.alpha, out.beta)
         for stream, branch in out.branches.items():
             terms[f"vq/{stream}/commitment"] = branch.commitment
             terms[f"vq/{stream}/codebook"] = branch.codebook
