@@ -88,11 +88,11 @@ def resample(wav: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
 
 
 def save_audio(path: str | Path, wav, sample_rate: int, overwrite: bool = False) -> Path:
-    """Write a mono (1, T) or (T,) waveform as 16-bit PCM .wav or 16-bit .flac."""
+    """Write a mono (1, T) or (T,) waveform as 16-bit PCM .wav, 16-bit .flac or Ogg Vorbis .ogg."""
     path = Path(path)
-    subtypes = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16")}
+    subtypes = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS")}
     if path.suffix.lower() not in subtypes:
-        raise ValueError(f"{path}: unsupported output extension (use .wav or .flac)")
+        raise ValueError(f"{path}: unsupported output extension (use .wav, .flac or .ogg)")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
     data = wav.detach().cpu().float().numpy() if isinstance(wav, torch.Tensor) else np.asarray(wav, np.float32)
