@@ -1,6 +1,17 @@
 """Per-clip speech metrics, shared by validation and evaluation. Imports no training code."""
 
+from usedddp.metrics.composite import COMPOSITE_PESQ, composite
 from usedddp.metrics.dnsmos import DNSMOS_MODEL, dnsmos
-from usedddp.metrics.intrusive import estoi, pesq_wb, si_sdr, stoi
+from usedddp.metrics.intrusive import estoi, pesq_nb, pesq_wb, si_sdr, stoi
 
-__all__ = ["DNSMOS_MODEL", "dnsmos", "estoi", "pesq_wb", "si_sdr", "stoi"]
+__all__ = [
+    "COMPOSITE_PESQ",
+    "DNSMOS_MODEL",
+    "composite",
+    "dnsmos",
+    "estoi",
+    "pesq_nb",
+    "pesq_wb",
+    "si_sdr",
+    "stoi",
+]

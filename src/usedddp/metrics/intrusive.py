@@ -1,5 +1,6 @@
 """Intrusive metrics of one clip against its reference: SI-SDR (Le Roux et al. 2019), STOI/ESTOI
-(pystoi), wide-band PESQ (the `pesq` package, ITU-T P.862.2)."""
+(pystoi), wide-band PESQ (the `pesq` package, ITU-T P.862.2) and narrow-band PESQ (ITU-T P.862 with
+the P.862.1 MOS-LQO mapping)."""
 
 from __future__ import annotations
 
@@ -40,12 +41,26 @@ def estoi(estimate, reference, sample_rate: int) -> float:
 
 
 def pesq_wb(estimate, reference, sample_rate: int = 16000) -> float:
-    """Wide-band PESQ (MOS-LQO); NaN where PESQ finds no utterance."""
+    """Wide-band PESQ (MOS-LQO); NaN where PESQ finds no utterance or the estimate is silent."""
     from pesq import PesqError, pesq
 
     if sample_rate != 16000:
         raise ValueError(f"wide-band PESQ is defined at 16 kHz, got {sample_rate} Hz")
     try:
         return float(pesq(sample_rate, _as_numpy(reference), _as_numpy(estimate), "wb"))
-    except PesqError:
+    except (PesqError, ValueError):  # ValueError: the C code's NaN level for an all-zero estimate
+        return math.nan
+
+
+def pesq_nb(estimate, reference, sample_rate: int = 16000) -> float:
+    """Narrow-band PESQ (P.862 raw score mapped to MOS-LQO by P.862.1, the `pesq` package's "nb"
+    mode); NaN where PESQ finds no utterance or the estimate is silent. Its ceiling (identical
+    signals) is about 4.55, below wide-band's 4.64."""
+    from pesq import PesqError, pesq
+
+    if sample_rate not in (8000, 16000):
+        raise ValueError(f"narrow-band PESQ is defined at 8 or 16 kHz, got {sample_rate} Hz")
+    try:
+        return float(pesq(sample_rate, _as_numpy(reference), _as_numpy(estimate), "nb"))
+    except (PesqError, ValueError):  # as in pesq_wb
         return math.nan
