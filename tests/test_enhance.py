@@ -313,3 +313,9 @@ def test_output_level_follows_input(tmp_path, generator, monkeypatch):
         clean, _ = sf.read(str(tmp_path / "out" / f"level{level}.wav"))
         noise, _ = sf.read(str(tmp_path / "out" / f"level{level}_noise.wav"))
         assert np.abs(clean - x).max() < 2e-4 and np.abs(noise - 0.5 * x).max() < 2e-4, level
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "tpu", "not a device"])
+def test_unusable_device_is_refused_by_name(run_dir, device):
+    with pytest.raises(EnhanceError, match=f"device={device}"):
+        load_enhancer(run_dir, device)

@@ -72,12 +72,30 @@ def find_run(ckpt: str | Path) -> tuple[Path, Path]:
     return checkpoint, run_dir
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """A torch device that exists here, or an EnhanceError saying why not."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise EnhanceError(f"device={device}: not a torch device ({error}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EnhanceError(f"device={device}: no CUDA device is available here (torch {torch.__version__}, "
+                               f"built for CUDA {torch.version.cuda}); use device=cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise EnhanceError(f"device={device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise EnhanceError(f"device={device}: use cpu, cuda or cuda:N")
+    return device
+
+
 def load_enhancer(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, DictConfig]:
     """(generator in eval mode on `device`, the run's config) from a run directory or checkpoint.
 
     The model is rebuilt from the run's saved .hydra/config.yaml (never from pickled objects) and
     its weights are loaded from the checkpoint with torch.load(weights_only=True), strictly.
     """
+    device = check_device(device)
     checkpoint, run_dir = find_run(ckpt)
     config_path = run_dir / ".hydra" / "config.yaml"
     cfg = OmegaConf.load(config_path)
