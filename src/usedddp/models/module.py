@@ -139,8 +139,12 @@ class USEDDPModule(L.LightningModule):
         logged = {f"train/{k}": v.detach() for k, v in {**d_terms, **g_terms}.items()}
         logged["train/g/total"] = g_total.detach()
         if out.alpha is not None:
-            logged["train/alpha/mean"], logged["train/beta/mean"] = out.alpha.mean(), out.beta.mean()
+            logged.update(scale_stats(out.alpha, "train/alpha"))
+            logged.update(scale_stats(out.beta, "train/beta"))
+        for stream, branch in out.branches.items():
+            logged.update(codebook_stats(branch.codes, self._codebook_size(stream), f"train/codebook/{stream}"))
         logged["train/lr/g"] = torch.tensor(opt_g.param_groups[0]["lr"])
+        logged["train/lr/d"] = torch.tensor(opt_d.optimizer.param_groups[0]["lr"])
         logged["train/stage"] = torch.tensor(float(self.stage))
         logged["train/d/total"] = sum(d_terms.values()).detach()
         self.log_dict(logged, on_step=True, batch_size=batch.noisy.shape[0])
@@ -189,10 +193,18 @@ class USEDDPModule(L.LightningModule):
         finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             self.manual_backward(loss)
-            params = [p for p in module.parameters() if p.grad is not None]
-            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip_val) if params else torch.zeros(())
+            # Pre-clip L2 norms: the total (what is clipped) and per part (generator: encoder,
+            # decoder, clean and noise branches; discriminators: one per ensemble).
+            parts: dict[str, list[Tensor]] = {}
+            for pname, p in module.named_parameters():
+                if p.grad is not None:
+                    parts.setdefault(_grad_part(name, pname), []).append(p)
+            part_norms = {part: torch.nn.utils.get_total_norm([p.grad for p in params]) for part, params in parts.items()}
+            norm = torch.linalg.vector_norm(torch.stack(list(part_norms.values()))) if part_norms else torch.zeros(())
             finite = bool(torch.isfinite(norm))
-            self.log(f"train/grad_norm/{name}", norm, on_step=True)
+            if finite and part_norms:
+                torch.nn.utils.clip_grads_with_norm_([p for params in parts.values() for p in params], self.grad_clip_val, norm)
+            self.log_dict({f"train/grad_norm/{name}": norm, **{f"train/grad_norm/{name}/{part}": v for part, v in part_norms.items()}}, on_step=True)
         if not finite:
             optimizer.zero_grad(set_to_none=True)
             self.skipped_steps[name] += 1
@@ -206,6 +218,10 @@ class USEDDPModule(L.LightningModule):
         optimizer.step()
         return True
 
+    def _codebook_size(self, stream: str) -> int:
+        rvq = getattr(self.generator.branches[stream].quantizer, "rvq", None)
+        return int(getattr(rvq, "codebook_size", 0)) if rvq is not None else 0
+
     # -- validation -----------------------------------------------------------------------------
 
     def on_validation_epoch_start(self) -> None:
@@ -213,13 +229,16 @@ class USEDDPModule(L.LightningModule):
         self._full_metrics = self.full_metrics_next_val or (self.full_metrics_every_n_val > 0 and self._val_count % self.full_metrics_every_n_val == 0)
         self._val_rows = []
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        """Scores the clean stream (and the input); returns the streams (B, 1, T), which
+        callbacks.ValidationMedia logs for the first clips without a second forward pass."""
         out = self.generator(batch.noisy, streams=("clean", "noise"))
         for i, name in enumerate(batch.name):
             noisy, clean, ref = batch.noisy[i], out.clean[i], None if batch.clean is None else batch.clean[i]
             # Without references DNSMOS is the only quality signal, so it runs every validation.
             full, with_dnsmos = self._full_metrics, self._full_metrics and self.val_dnsmos or ref is None
             row = {"mix/si_sdr": si_sdr(out.reconstruction[i], noisy), **self._input_scores(name, noisy, ref, full, with_dnsmos)}
+            row["alpha"], row["beta"] = float(out.alpha[i]), float(out.beta[i])
             if ref is not None:
                 row["si_sdr"] = si_sdr(clean, ref)
                 if full:
@@ -227,6 +246,7 @@ class USEDDPModule(L.LightningModule):
             if with_dnsmos:
                 row.update({f"dnsmos/{k}": v for k, v in dnsmos(clean, self.sample_rate).items()})
             self._val_rows.append(row)
+        return {"clean": out.clean, "noise": out.noise, "reconstruction": out.reconstruction}
 
     def _input_scores(self, name: str, noisy: Tensor, ref: Tensor | None, full: bool, with_dnsmos: bool) -> dict[str, float]:
         """The noisy input's own scores (the row every table compares against); the clips are
@@ -261,6 +281,40 @@ class USEDDPModule(L.LightningModule):
         if "stage" in meta:
             self.stage = int(meta["stage"])
         self.skipped_steps = Counter(meta.get("skipped_steps", {}))
+
+
+def _grad_part(player: str, param_name: str) -> str:
+    """The part a parameter's gradient norm is logged under: for the generator the codec's
+    submodule or the branch ("codec.encoder.x" -> "encoder", "branches.clean.x" -> "clean"), for
+    the discriminators the ensemble ("noisy.x" -> "noisy")."""
+    names = param_name.split(".")
+    return names[1] if player == "g" and len(names) > 2 else names[0]
+
+
+@torch.no_grad()
+def scale_stats(scale: Tensor, prefix: str) -> dict[str, Tensor]:
+    """Mean, std (over the batch, 0 for one item), min and max of a (B, 1, 1) mixture scale."""
+    scale = scale.detach().float().flatten()
+    return {f"{prefix}/mean": scale.mean(), f"{prefix}/std": scale.std(correction=0), f"{prefix}/min": scale.min(), f"{prefix}/max": scale.max()}
+
+
+@torch.no_grad()
+def codebook_stats(codes: Tensor, codebook_size: int, prefix: str, per_codebook: int = 4) -> dict[str, Tensor]:
+    """Usage and perplexity of RVQ codes (B, Q, N) over the batch, per codebook:
+    usage = fraction of the codebook's entries that occur; perplexity = exp(entropy of the code
+    histogram), from 1 (one code) to codebook_size (all equally often). Logged as the mean over
+    the Q codebooks, plus the perplexity of each of the first `per_codebook`. Empty without codes."""
+    if codes.shape[1] == 0 or codebook_size <= 0:
+        return {}
+    q = codes.shape[1]
+    flat = codes.detach().transpose(0, 1).reshape(q, -1).long()
+    counts = torch.zeros(q, codebook_size, device=codes.device).scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float))
+    probs = counts / counts.sum(dim=1, keepdim=True)
+    perplexity = torch.exp(-torch.special.xlogy(probs, probs).sum(dim=1))
+    usage = (counts > 0).float().mean(dim=1)
+    out = {f"{prefix}/usage": usage.mean(), f"{prefix}/perplexity": perplexity.mean()}
+    out.update({f"{prefix}/perplexity/q{i}": perplexity[i] for i in range(min(per_codebook, q))})
+    return out
 
 
 LOSS_KEYS = tuple(
