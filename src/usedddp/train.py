@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from usedddp.assets import DEMO_ROOT
 from usedddp.checkpoints import find_checkpoint, load_checkpoint, read_stage
 from usedddp.examples import write_examples
+from usedddp.loggers import stage_logger
 
 log = logging.getLogger("usedddp.train")
 
@@ -108,9 +109,11 @@ def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, r
             if cb_cfg.get("monitor") and not datamodule.has_references:
                 extra["monitor"] = "val/dnsmos/ovrl"
         callbacks[name] = instantiate(cb_cfg, **extra)
-    loggers = [_stage_logger(lg, stage, cfg.run_name) for lg in cfg.logger.values()]
+    prior, noise = _corpus_record(cfg.prior, cfg.data), _corpus_record(cfg.noise, cfg.data)
+    loggers = [stage_logger(lg, stage, cfg.run_name, run_dir, prior, noise) for lg in cfg.logger.values()]
     hparams = OmegaConf.to_container(cfg, resolve=True)
-    hparams["stage"], hparams["prior"]["in_domain"] = stage, _corpus_record(cfg.prior, cfg.data)["in_domain"]
+    # The prior corpora and the in-domain flag, for grouping and filtering runs by prior.
+    hparams["stage"], hparams["prior"]["in_domain"], hparams["noise"]["in_domain"] = stage, prior["in_domain"], noise["in_domain"]
     for logger in loggers:
         logger.log_hyperparams(hparams)
     trainer = instantiate(cfg.trainer, max_steps=max_steps, callbacks=list(callbacks.values()), logger=loggers)
@@ -141,13 +144,6 @@ def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, r
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
         sys.modules["wandb"].finish()  # one wandb run per stage: each stage's steps start at 0
     return record
-
-
-def _stage_logger(logger_cfg: DictConfig, stage: int, run_name: str):
-    if logger_cfg._target_.endswith("WandbLogger"):
-        # wandb run ids must be unique in a project: name the run, let wandb pick the id.
-        return instantiate(logger_cfg, name=f"{run_name}/stage{stage}", job_type=f"stage{stage}")
-    return instantiate(logger_cfg, version=f"stage{stage}")
 
 
 def _corpus_record(corpus_cfg: DictConfig, data_cfg: DictConfig) -> dict:

@@ -1,0 +1,59 @@
+"""Experiment loggers for one training stage.
+
+wandb is the default dashboard and runs **offline** unless the user asked for otherwise, so a run
+never needs an account or a network and never prompts for a login:
+
+1. `logger.wandb.mode` if set in the config (`offline`, `online`, `disabled`);
+2. else the environment's `WANDB_MODE`;
+3. else `online` when `WANDB_API_KEY` is set (the user has an account and wants it used);
+4. else `offline`: the run is written under `<run dir>/wandb/offline-run-*` and can be
+   uploaded later with `wandb sync <that dir>`.
+
+Each stage is its own wandb run (its steps start at 0), named `<run_name>/stage<k>`; the stages
+of one run share a wandb group, `<run_name>/<run dir name>`, and are tagged with the prior corpora
+and the in-domain flag, which are also in the run's config (for grouping and filtering by prior).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+log = logging.getLogger("usedddp.train")
+
+
+def wandb_mode(configured: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The wandb mode a run uses: see the module docstring for the order of precedence."""
+    environ = os.environ if environ is None else environ
+    if configured:
+        return str(configured)
+    if environ.get("WANDB_MODE"):
+        return environ["WANDB_MODE"]
+    if environ.get("WANDB_API_KEY"):
+        return "online"
+    return "offline"
+
+
+def wandb_tags(stage: int, prior: Mapping, noise: Mapping) -> list[str]:
+    """Tags for the wandb UI's filters (wandb tags are at most 64 characters)."""
+    tags = [f"stage{stage}", f"prior:{prior['name']}", f"noise:{noise['name']}",
+            "in-domain" if prior["in_domain"] else "out-of-domain"]
+    return [tag[:64] for tag in tags]
+
+
+def stage_logger(logger_cfg: DictConfig, stage: int, run_name: str, run_dir: Path, prior: Mapping, noise: Mapping):
+    """Instantiate one configured logger for `stage` (CSV/TensorBoard: version `stage<k>`)."""
+    if not logger_cfg._target_.endswith("WandbLogger"):
+        return instantiate(logger_cfg, version=f"stage{stage}")
+    mode = wandb_mode(logger_cfg.get("mode"))
+    group = logger_cfg.get("group") or f"{run_name}/{Path(run_dir).name}"
+    tags = [*(logger_cfg.get("tags") or []), *wandb_tags(stage, prior, noise)]
+    hint = f"; upload later with `wandb sync {Path(logger_cfg.save_dir) / 'wandb'}/offline-run-*`" if mode == "offline" else ""
+    log.info("wandb: stage %d in %s mode, group %s%s", stage, mode, group, hint)
+    # wandb run ids must be unique in a project: name the run, let wandb pick the id.
+    return instantiate(logger_cfg, name=f"{run_name}/stage{stage}", job_type=f"stage{stage}", group=group, tags=tags, mode=mode)
