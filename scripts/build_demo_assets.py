@@ -9,7 +9,10 @@ and noise files are split so that nothing leaks between the priors and the noisy
 - noise_prior/<package>/     a varied set of noise files (long loops cropped to 10 s)
 - noisy_trainset/            simulated 'real' noisy recordings (three other speakers, other noise files)
 - noisy_testset/, clean_testset/, testset_conditions.csv   held-out utterances and noise files
-Needs only numpy and soundfile.
+- clean_prior_matched/<speaker>/   other utterances of the three noisy/test speakers (an in-domain
+  clean prior for the prior-corpus ablation), none of them a source of any mixture above
+Needs only numpy and soundfile. The matched prior is drawn last, from its own Generator, so adding
+it left every other file byte-identical.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ PRIOR_SPEAKERS = ("fillets_nl_small_fish_F", "fillets_nl_big_fish_M", "tuxpaint_
 NOISY_SPEAKERS = ("tuxpaint_ro_Tabbytha", "tuxpaint_el_Kiriaki_Serafeim", "tuxpaint_ru_Edwin_Veber")
 SNRS_DB = (0, 5, 10, 15)
 CLEAN_PRIOR_SECONDS = 150.0
+# The in-domain prior: about 30 s per test speaker (kept small: about 1.6 MB). Smaller than
+# clean_prior, so an ablation compares corpora that differ in size too; the README says so.
+MATCHED_PRIOR_SECONDS = 90.0
+MIN_PRIOR_UTTERANCE_SECONDS = 1.0
 NOISE_PRIOR_SECONDS = 90.0
 MAX_NOISE_SECONDS = 10.0
 MAX_PRIOR_UTTERANCE_SECONDS = 8.0  # so that no single long utterance dominates the prior
@@ -164,6 +171,24 @@ def build(source: Path, out: Path, seed: int) -> None:
                 conditions.append({"file": name, "speaker": spk, "noise_file": n_row["path"],
                                    "noise_category": n_row["category"], "snr_db": snr})
 
+    # The in-domain clean prior: other utterances of the noisy/test speakers. Every source file of
+    # every file above is excluded, and the draw uses its own Generator so that the files above do
+    # not depend on it.
+    used = {p for r in manifest for p in r["derived_from"].split(";")}
+    matched_rng = np.random.default_rng([seed, 1])
+    for spk in NOISY_SPEAKERS:
+        total = 0.0
+        pool = [r for r in speech[spk] if r["path"] not in used
+                and MIN_PRIOR_UTTERANCE_SECONDS <= float(r["duration_s"]) <= MAX_PRIOR_UTTERANCE_SECONDS]
+        for r in shuffled(pool, matched_rng):
+            if total >= MATCHED_PRIOR_SECONDS / len(NOISY_SPEAKERS):
+                break
+            dst = out / "clean_prior_matched" / spk / Path(r["path"]).name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / r["path"], dst)
+            total += float(r["duration_s"])
+            manifest.append(manifest_row(dst.relative_to(out).as_posix(), "clean_prior_matched", float(r["duration_s"]), [r], spk))
+
     with open(out / "testset_conditions.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=("file", "speaker", "noise_file", "noise_category", "snr_db"))
         w.writeheader()
@@ -195,6 +220,7 @@ to train a useful model.
 | `noise_prior/<package>/` | noise prior: a varied set of environmental recordings, long loops cropped to {MAX_NOISE_SECONDS:.0f} s with {FADE_SECONDS * 1000:.0f} ms fades |
 | `noisy_trainset/` | stand-in for real noisy recordings: utterances of {", ".join(NOISY_SPEAKERS)} mixed with noise files that are not in `noise_prior` at SNRs drawn from {{0, 5, 10, 15}} dB; their clean parts are not shipped |
 | `noisy_testset/`, `clean_testset/` | held-out pairs (same file names): other utterances of the same three speakers, other noise files, SNRs 0/5/10/15 dB cycled; `testset_conditions.csv` lists speaker, noise file, noise category and SNR per file |
+| `clean_prior_matched/<speaker>/` | an **in-domain** clean-speech prior for the prior-corpus ablation (`prior=demo_matched`): about {MATCHED_PRIOR_SECONDS / len(NOISY_SPEAKERS):.0f} s each of other utterances of {", ".join(NOISY_SPEAKERS)}, the speakers of the noisy sets (copied unchanged; no file is a source of any mixture or reference) |
 
 Each mixture (and its clean reference) is scaled down together when needed so that its peak is at most {PEAK}.
 `MANIFEST.csv` lists every file with its duration, the source files it was derived from, their

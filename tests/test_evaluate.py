@@ -187,13 +187,15 @@ def test_checkpoint_on_a_vctk_layout_test_set(tmp_path, run_dir, test_set):
 
 
 def test_checkpoint_on_its_own_held_out_set(tmp_path, run_dir):
-    """With no data.root, the run's own held-out folders (the demo test set) are used and the
-    clean prior (the demo corpus) is flagged in-domain."""
+    """With no data.root, the run's own held-out folders (the demo test set) are used; the demo
+    clean prior (other speakers than the test set's) is recorded as not in-domain."""
     out = tmp_path / "eval"
     proc = evaluate(tmp_path, f"ckpt={run_dir}", f"output={out}", "dnsmos=false", "jobs=2")
     assert proc.returncode == 0, proc.stdout
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["provenance"]["clean_prior"]["in_domain_for_test_set"] is True
+    assert summary["provenance"]["test_set"]["domain"] == "demo"
+    assert summary["provenance"]["clean_prior"]["domain"] == "demo_other_speakers"
+    assert summary["provenance"]["clean_prior"]["in_domain_for_test_set"] is False
     assert _overall(summary)["noisy"]["files"] == 16
     assert list(summary["results"]["conditions"]["snr_db"]) == ["0", "5", "10", "15"]
 
