@@ -1,0 +1,216 @@
+"""The prior-corpus ablation end to end, on tiny runs made here.
+
+A real Hydra multirun of the training command over two clean priors (prior=demo: other speakers;
+prior=demo_matched: the test speakers, in-domain), shrunk by test_train's TINY overrides to one
+stage of two steps; then scripts/evaluate_runs.py scores both runs on the same four-clip test set,
+scripts/ablation_table.py prints the table, and notebooks/prior_ablation.ipynb is executed with
+nbclient on the runs. Every command runs in a subprocess, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from test_train import args as tiny_args  # TINY: a stage of a very small model in seconds
+from usedddp import ablation
+from usedddp.assets import DEMO_ROOT
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "prior_ablation.ipynb"
+TIMEOUT_S = 300
+# Sweep folders named like Hydra's default ones (`0_prior=demo,...`): commas and `=` in a run's
+# path must survive being handed to the evaluate command as an override.
+SUBDIR = "hydra.sweep.subdir='${hydra.job.num}_prior=${prior.name},tiny'"
+LABELS = ["noisy", "prior=demo", "prior=demo_matched"]
+
+
+def _run(cmd: list[str], cwd: Path, timeout: int = TIMEOUT_S) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory) -> Path:
+    """Four demo test pairs (0 and 15 dB) in noisy/ and clean/, with their conditions CSV beside them."""
+    root = tmp_path_factory.mktemp("testset")
+    rows = sorted(csv.DictReader((DEMO_ROOT / "testset_conditions.csv").open()), key=lambda r: (float(r["snr_db"]), r["file"]))
+    chosen = [rows[0], rows[1], rows[-2], rows[-1]]
+    for row in chosen:
+        for src, dst in (("noisy_testset", "noisy"), ("clean_testset", "clean")):
+            (root / dst).mkdir(exist_ok=True)
+            shutil.copy(DEMO_ROOT / src / row["file"], root / dst / row["file"])
+    with (root / "testset_conditions.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(chosen[0]))
+        writer.writeheader()
+        writer.writerows(chosen)
+    return root
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, test_set) -> tuple[Path, subprocess.CompletedProcess]:
+    """The multirun (two tiny stage-1 runs), then scripts/evaluate_runs.py on it."""
+    sweep_dir = tmp_path_factory.mktemp("multirun") / "demo"
+    train = _run([sys.executable, "-m", "usedddp.train", "-m", "prior=demo,demo_matched", "stages=[1]", "logger=csv",
+                  f"hydra.sweep.dir={sweep_dir}", SUBDIR, *tiny_args()], cwd=sweep_dir.parent)
+    assert train.returncode == 0, train.stdout[-6000:]
+    evaluate = _run([sys.executable, str(ROOT / "scripts" / "evaluate_runs.py"), str(sweep_dir), "dnsmos=false", "jobs=1",
+                     f"data.noisy_dir={test_set / 'noisy'}", f"data.clean_dir={test_set / 'clean'}", "data.domain=demo",
+                     "--condition", "snr_db"], cwd=sweep_dir.parent)
+    return sweep_dir, evaluate
+
+
+def _table_lines(text: str) -> dict[str, list[str]]:
+    """{run cell: cells} of the rows of the first Markdown table with a `run` column in `text`."""
+    out, inside = {}, False
+    for line in text.splitlines():
+        if line.startswith("| run |"):
+            inside = True
+        elif inside and line.startswith("|---"):
+            continue
+        elif inside and line.startswith("| "):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            out[cells[0]] = cells
+        elif inside:
+            break
+    return out
+
+
+def test_multirun_evaluated_and_tabulated(sweep):
+    sweep_dir, evaluate = sweep
+    assert evaluate.returncode == 0, evaluate.stdout[-6000:]
+    runs = ablation.find_runs(sweep_dir)
+    assert [r.dir.name for r in runs] == ["0_prior=demo,tiny", "1_prior=demo_matched,tiny"]
+    for run in runs:
+        assert (run.evaluation_dir / "summary.json").is_file() and (run.evaluation_dir / "per_file.csv").is_file()
+        assert len(list(run.enhanced_dir.glob("*.flac"))) == 4
+
+    rows = ablation.results_table(runs)
+    assert [r["label"] for r in rows] == LABELS
+    assert [r["prior"] for r in rows] == [None, "demo", "demo_matched"]
+    assert [r["in_domain"] for r in rows] == [None, False, True]
+    assert [r["stage"] for r in rows] == [None, 1, 1]
+    assert all(r["files"] == 4 for r in rows)
+    assert all(r["si_sdr"] is not None and r["pesq_wb"] is not None for r in rows)
+    assert "dnsmos_ovrl" not in rows[0]  # dnsmos=false: not scored, not a column
+
+    # The script printed the same table, the in-domain run flagged, then the per-SNR table.
+    printed = _table_lines(evaluate.stdout)
+    assert set(printed) == {"noisy", "prior=demo", "prior=demo_matched (in-domain)"}, evaluate.stdout[-3000:]
+    assert printed["prior=demo_matched (in-domain)"][1:3] == ["demo_matched", "**yes**"]
+    assert printed["prior=demo"][1:3] == ["demo", "no"]
+    assert "Per snr_db:" in evaluate.stdout
+
+    by_snr = ablation.condition_table(runs, "snr_db")
+    assert [(r["snr_db"], r["label"]) for r in by_snr] == [(snr, label) for snr in ("0", "15") for label in LABELS]
+
+
+def test_table_script_and_already_evaluated_runs(sweep, tmp_path):
+    sweep_dir, _ = sweep
+    out = tmp_path / "table.md"
+    proc = _run([sys.executable, str(ROOT / "scripts" / "ablation_table.py"), str(sweep_dir), "--condition", "snr_db",
+                 "--markdown", str(out)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    assert set(_table_lines(proc.stdout)) == {"noisy", "prior=demo", "prior=demo_matched (in-domain)"}
+    assert "| 15 | prior=demo_matched (in-domain) |" in out.read_text()
+
+    again = _run([sys.executable, str(ROOT / "scripts" / "evaluate_runs.py"), str(sweep_dir)], cwd=tmp_path)
+    assert again.returncode == 0, again.stdout
+    assert again.stdout.count("already evaluated (") == 2 and "evaluated 0, skipped 2" in again.stdout
+
+
+def test_runs_scored_on_different_test_sets_are_refused(sweep):
+    sweep_dir, _ = sweep
+    runs = ablation.find_runs(sweep_dir)
+    runs[1].summary = copy.deepcopy(runs[1].summary)
+    runs[1].summary["provenance"]["test_set"]["pairs"] = 16
+    with pytest.raises(ablation.AblationError, match="different test sets"):
+        ablation.results_table(runs)
+
+
+def test_failed_evaluation_is_reported_and_exit_code_is_1(sweep, tmp_path):
+    """A run without a checkpoint: evaluate refuses it, the script says so and exits 1."""
+    sweep_dir, _ = sweep
+    broken = tmp_path / "sweep" / "0_broken"
+    shutil.copytree(sweep_dir / "0_prior=demo,tiny" / ".hydra", broken / ".hydra")
+    proc = _run([sys.executable, str(ROOT / "scripts" / "evaluate_runs.py"), str(broken.parent), "dnsmos=false"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout
+    assert "FAILED" in proc.stdout and "failed 1" in proc.stdout
+
+
+def test_notebook_runs_on_the_sweep(sweep, tmp_path, monkeypatch):
+    """notebooks/prior_ablation.ipynb, executed by nbclient with USEDDDP_RUNS_DIR set: its table
+    has the noisy row and both priors (the in-domain one flagged), and it draws plots and players."""
+    from nbclient import NotebookClient
+
+    sweep_dir, _ = sweep
+    monkeypatch.setenv("USEDDDP_RUNS_DIR", str(sweep_dir))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    markdown = [o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+    table = next(m for m in markdown if m.startswith("| run |"))
+    assert list(_table_lines(table)) == ["noisy", "prior=demo", "prior=demo_matched (in-domain)"]
+    assert any(m.startswith("| snr_db |") for m in markdown)
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # bars, per-SNR lines, spectrograms
+    assert sum("<audio" in o.get("data", {}).get("text/html", "") for o in outputs) == 4  # noisy, reference, 2 runs
+
+
+def test_stored_notebook_has_no_outputs_and_a_parameters_cell():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code), "clear the notebook's outputs before committing"
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert "USEDDDP_RUNS_DIR" in code[0].source
+
+
+def test_headers_match_the_evaluate_command():
+    from usedddp.evaluate import HEADERS
+
+    assert ablation.HEADERS == HEADERS
+
+
+def test_labels_are_the_overrides_that_vary(tmp_path):
+    """A codec sweep is labelled by its codec override; common overrides are left out."""
+    for num, codec in enumerate(("stft", "dac_tiny")):
+        hydra_dir = tmp_path / f"{num}_x" / ".hydra"
+        hydra_dir.mkdir(parents=True)
+        (hydra_dir / "config.yaml").write_text("stages: [1]\nprior: {name: demo, dir: x, domain: d}\n")
+        (hydra_dir / "overrides.yaml").write_text(f"- model/codec={codec}\n- trainer.max_steps=2\n")
+        (hydra_dir / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n  runtime:\n    choices:\n      model/codec: {codec}\n")
+    runs = ablation.find_runs(tmp_path)
+    assert [r.label for r in runs] == ["model/codec=stft", "model/codec=dac_tiny"]
+    assert [r.codec for r in runs] == ["stft", "dac_tiny"]
+    with pytest.raises(ablation.AblationError, match="no run has an evaluation"):
+        ablation.results_table(runs)
+
+
+def test_matched_prior_is_the_test_speakers_and_no_mixture_source():
+    """clean_prior_matched: the three test speakers only, every file in MANIFEST.csv, none of them a
+    source of a noisy or clean file; prior=demo_matched is in-domain for data=demo, prior=demo not."""
+    from test_train import _compose
+
+    rows = list(csv.DictReader((DEMO_ROOT / "MANIFEST.csv").open()))
+    matched = [r for r in rows if r["kind"] == "clean_prior_matched"]
+    others = {source for r in rows if r["kind"] != "clean_prior_matched" for source in r["derived_from"].split(";")}
+    test_speakers = {r["speaker"] for r in rows if r["kind"] == "clean_test"}
+    assert {r["speaker"] for r in matched} == test_speakers and len(test_speakers) == 3
+    assert not {r["derived_from"] for r in matched} & others
+    on_disk = {p.relative_to(DEMO_ROOT).as_posix() for p in (DEMO_ROOT / "clean_prior_matched").rglob("*.flac")}
+    assert on_disk == {r["path"] for r in matched}
+    assert 60 <= sum(float(r["duration_s"]) for r in matched) <= 150
+    for prior, in_domain in (("demo_matched", True), ("demo", False)):
+        cfg = _compose([f"prior={prior}", "paths.output_dir=unused"])
+        assert (cfg.prior.domain == cfg.data.domain) is in_domain, prior
