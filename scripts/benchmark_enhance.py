@@ -147,9 +147,16 @@ def codec_waveform(codec: torch.nn.Module, wav: torch.Tensor, chunk: int, overla
 
     length = wav.shape[-1]
     bounds = chunk_bounds(length, chunk, overlap, int(codec.hop_length))
+    # The generator hands the decoder its input too (a codec that filters it uses it; DAC ignores it).
+    with_reference = "reference" in inspect.signature(codec.decode).parameters
+
+    def floor(x: torch.Tensor) -> torch.Tensor:
+        z = codec.encode(x)
+        return codec.decode(z, x.shape[-1], reference=x) if with_reference else codec.decode(z, x.shape[-1])
+
     with torch.inference_mode():
         if len(bounds) == 1:
-            return codec.decode(codec.encode(wav[None]), length)[0]
+            return floor(wav[None])[0]
         acc, norm = torch.zeros(1, length), torch.zeros(length)
         for i, (start, end) in enumerate(bounds):
             weight = torch.ones(end - start)
@@ -157,7 +164,7 @@ def codec_waveform(codec: torch.nn.Module, wav: torch.Tensor, chunk: int, overla
                 weight[:n] *= _fade(n)
             if i + 1 < len(bounds) and (n := end - bounds[i + 1][0]) > 0:
                 weight[-n:] *= _fade(n).flip(0)
-            acc[:, start:end] += codec.decode(codec.encode(wav[None, :, start:end]), end - start)[0] * weight
+            acc[:, start:end] += floor(wav[None, :, start:end])[0] * weight
             norm[start:end] += weight
     return acc / norm
 
