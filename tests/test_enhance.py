@@ -319,3 +319,14 @@ def test_output_level_follows_input(tmp_path, generator, monkeypatch):
 def test_unusable_device_is_refused_by_name(run_dir, device):
     with pytest.raises(EnhanceError, match=f"device={device}"):
         load_enhancer(run_dir, device)
+
+
+def test_clean_only_path_gives_the_same_clean_stream(generator):
+    """noise=False decodes the clean stream alone (half the decoder work); the clean stream must
+    not change, whole or chunked."""
+    wav = load_audio(_demo_clip(), SR)
+    for chunk, overlap in ((None, 0), (SR, SR // 4)):
+        both, _ = enhance_waveform(generator, wav, chunk, overlap)
+        alone, none = enhance_waveform(generator, wav, chunk, overlap, noise=False)
+        assert none is None
+        assert (alone - both).abs().max() < 1e-5 * both.abs().max()
