@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from test_train import TIMEOUT_S, args
 from usedddp.callbacks import ValidationMedia
 from usedddp.data.batches import SimulatedBatch, ValidationBatch, collate_simulated, collate_validation
-from usedddp.loggers import wandb_mode
+from usedddp.loggers import wandb_group, wandb_mode
 from usedddp.models.module import codebook_stats
 
 SR = 16000
@@ -45,6 +45,25 @@ SR = 16000
 ])
 def test_wandb_mode(configured, environ, expected):
     assert wandb_mode(configured, environ) == expected
+
+
+@pytest.mark.parametrize("mode, expected", [("RUN", "demo/2026-01-01_00-00-00"), ("MULTIRUN", "demo/2026-01-01_00-00-00/0_prior=demo")])
+def test_wandb_group_keeps_the_stages_of_one_run_together(mode, expected):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    import usedddp.train
+
+    run_dir = Path("outputs/demo/2026-01-01_00-00-00") if mode == "RUN" else Path("multirun/demo/2026-01-01_00-00-00/0_prior=demo")
+    with initialize_config_dir(str(usedddp.train.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", return_hydra_config=True, overrides=[f"hydra.mode={mode}"])
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert wandb_group("demo", run_dir) == expected
+    finally:
+        HydraConfig.instance().cfg = None
+    assert wandb_group("demo", run_dir).startswith("demo/")  # outside Hydra: <run_name>/<run dir name>
+    assert len(wandb_group("x", Path("a" * 300))) == 128
 
 
 # -- codebook statistics -----------------------------------------------------------------------

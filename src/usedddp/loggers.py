@@ -10,7 +10,8 @@ never needs an account or a network and never prompts for a login:
    uploaded later with `wandb sync <that dir>`.
 
 Each stage is its own wandb run (its steps start at 0), named `<run_name>/stage<k>`; the stages
-of one run share a wandb group, `<run_name>/<run dir name>`, and are tagged with the prior corpora
+of one run share a wandb group, `<run_name>/<run dir name>` (in a multirun
+`<run_name>/<sweep dir name>/<job dir name>`), and are tagged with the prior corpora
 and the in-domain flag, which are also in the run's config (for grouping and filtering by prior).
 """
 
@@ -46,12 +47,28 @@ def wandb_tags(stage: int, prior: Mapping, noise: Mapping) -> list[str]:
     return [tag[:64] for tag in tags]
 
 
+def wandb_group(run_name: str, run_dir: Path) -> str:
+    """`<run_name>/<run dir name>`; in a Hydra multirun `<run_name>/<sweep dir name>/<job dir name>`
+    (job dirs such as `0_prior=demo` repeat across sweeps). wandb groups are at most 128 characters."""
+    run_dir = Path(run_dir)
+    parts = [run_name, run_dir.name]
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            parts.insert(1, run_dir.parent.name)
+    except (ImportError, ValueError):
+        pass
+    return "/".join(parts)[:128]
+
+
 def stage_logger(logger_cfg: DictConfig, stage: int, run_name: str, run_dir: Path, prior: Mapping, noise: Mapping):
     """Instantiate one configured logger for `stage` (CSV/TensorBoard: version `stage<k>`)."""
     if not logger_cfg._target_.endswith("WandbLogger"):
         return instantiate(logger_cfg, version=f"stage{stage}")
     mode = wandb_mode(logger_cfg.get("mode"))
-    group = logger_cfg.get("group") or f"{run_name}/{Path(run_dir).name}"
+    group = logger_cfg.get("group") or wandb_group(run_name, run_dir)
     tags = [*(logger_cfg.get("tags") or []), *wandb_tags(stage, prior, noise)]
     hint = f"; upload later with `wandb sync {Path(logger_cfg.save_dir) / 'wandb'}/offline-run-*`" if mode == "offline" else ""
     log.info("wandb: stage %d in %s mode, group %s%s", stage, mode, group, hint)
