@@ -52,7 +52,7 @@ def use_ddp_step(module, batch, opt_g, opt_d, autocast):
 
 def codec_step(codec, loss, wav, opt, autocast):
     with autocast:
-        rebuilt = codec.decode(codec.encode(wav), wav.shape[-1])
+        rebuilt = codec.decode(codec.encode(wav), wav.shape[-1], reference=wav)  # a masking codec filters wav
         value = loss(rebuilt, wav)["mel"]
     opt.zero_grad(set_to_none=True)
     value.backward()

@@ -39,8 +39,11 @@ class Generator(nn.Module):
         z = self.codec.encode(wav)
         branches = {name: self.branches[name](z) for name in streams}
         # One decoder pass over both streams stacked on the batch axis: the decoder is shared.
+        # The input rides along, stacked the same way, for codecs whose synthesis filters it
+        # (STFTCodec masks its spectrum); DACCodec ignores it.
         z_q = torch.cat([out.z_q for out in branches.values()])
-        decoded = dict(zip(branches, self.codec.decode(z_q, length).chunk(len(branches))))
+        reference = wav.repeat(len(branches), 1, 1)
+        decoded = dict(zip(branches, self.codec.decode(z_q, length, reference=reference).chunk(len(branches))))
         out = GeneratorOutput(clean=decoded["clean"], noise=decoded.get("noise"), branches=branches)
         if out.noise is not None:
             out.alpha, out.beta = least_squares_scales(wav, out.clean, out.noise)

@@ -2,7 +2,8 @@
 
 A codec maps a waveform (B, 1, T) to a latent sequence z (B, D, N) and back. Everything
 downstream (branches, quantizers, discriminators) only sees this interface, so another codec
-can stand in for DAC's convolutional encoder/decoder.
+can stand in for DAC's convolutional encoder/decoder (stft_codec.STFTCodec does: `decode` takes
+the input waveform as `reference=` for codecs that filter it).
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ class DACCodec(nn.Module):
         pad = self.n_frames(wav.shape[-1]) * self.hop_length - wav.shape[-1]
         return self.encoder(F.pad(wav, (0, pad)))
 
-    def decode(self, z: torch.Tensor, length: int) -> torch.Tensor:
-        """z (B, D, N) -> wav (B, 1, length)."""
+    def decode(self, z: torch.Tensor, length: int, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, D, N) -> wav (B, 1, length). `reference` (the input waveform, which a masking
+        codec such as STFTCodec filters) is accepted for the common interface and not used: DAC's
+        decoder synthesises the waveform from the latent alone."""
         wav = self.decoder(z)
         if wav.shape[-1] < length:
             raise RuntimeError(f"decoder returned {wav.shape[-1]} samples for {length} requested; encode() pads too little")

@@ -1,0 +1,162 @@
+"""A fixed-transform codec: STFT analysis in, a bounded complex mask on the input spectrum out.
+
+It stands where DAC's encoder and decoder stand (same interface: `sample_rate`, `latent_dim`,
+`hop_length`, `n_frames`, `encode`, `decode`, `release_quantizer_state`), so the two RoFormer
+branches, their RVQ, the least-squares mixture and the three discriminator ensembles are
+unchanged. Only two thin linear maps learn here; the time-frequency transform itself is fixed
+and exactly invertible, so a from-scratch model spends its few CPU minutes on *separating*,
+not on learning to synthesise a waveform (which DAC's decoder must first learn from nothing).
+
+Analysis (encode), per frame n and bin f of X = STFT(x) (Hann window, hop n_fft/4):
+
+    features = [ |X|^c , Re(X) |X|^(c-1) , Im(X) |X|^(c-1) ]      (c = 0.3: power-law
+    compression, as in compressed-spectrum enhancement losses; it evens out the 60+ dB range
+    of speech spectra without the log's blow-up at silent bins)
+    z = W_in · features + b_in                                      (B, latent_dim, N)
+
+Synthesis (decode) of a branch's latent z, given the input waveform x as `reference`:
+
+    m = W_out · z + b_out                                           (B, N, F) complex
+    M = bound · tanh(|m|) · m / |m|                                 (DCCRN-E, Hu et al. 2020)
+    y = ISTFT(M ⊙ X)                                                (B, 1, T), length T exactly
+
+Why a bounded complex mask on the input spectrum (not a predicted spectrum): every output is a
+time-varying filter of the input, so from the first step both streams are speech-and-noise
+shaped and in range; the bound keeps the outputs from exceeding `bound` times the input in any
+bin (no exploding levels, no saturation); the free phase lets the mask undo some of the noise's
+phase, which the SI-SDR terms reward. With the mask head's bias at atanh(0.5) both streams start
+at x/2: clean + noise = x, so the least-squares scales start at alpha = beta = 1 and the
+reconstruction terms start at zero loss, while the branches (zero-initialised output
+projections) learn to move the two masks apart. The ideal split M_clean + M_noise = 1 is
+exactly representable with complex masks (not with real magnitude masks), which is what the
+reconstruction x = alpha s + beta n asks for.
+
+The STFT and ISTFT run in float32 with autocast off (like the discriminators): bf16 spectra
+lose the low-level bins. Nothing is cached between calls: the mask is applied to the spectrum of
+the `reference` waveform passed to `decode`, so the module is stateless (DDP/torch.compile safe).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+
+class STFTCodec(nn.Module):
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_fft: int = 512,
+        hop_length: int = 128,
+        latent_dim: int = 256,
+        window: str = "hann",
+        compression: float = 0.3,
+        mask: str = "complex",
+        mask_bound: float = 1.0,
+        mask_init: float = 0.5,
+        weights: str | None = None,
+    ):
+        super().__init__()
+        if weights:
+            raise ValueError(f"model.codec.weights={weights}: the STFT codec is a fixed transform and loads no weights "
+                             "(use model/codec=dac16k for DAC release weights)")
+        if n_fft % hop_length or n_fft // hop_length < 2:
+            raise ValueError(f"n_fft={n_fft} must be a multiple (>= 2) of hop_length={hop_length}")
+        if not 0 < mask_init < mask_bound:
+            raise ValueError(f"mask_init={mask_init} must lie in (0, mask_bound={mask_bound})")
+        if mask not in ("complex", "gate"):
+            raise ValueError(f"mask={mask!r}: use 'complex' or 'gate'")
+        self.mask_type = mask
+        self.sample_rate = sample_rate
+        self.n_fft, self.hop_length, self.latent_dim = n_fft, hop_length, latent_dim
+        self.compression, self.mask_bound = compression, mask_bound
+        self.weights = None
+        self.release_quantizer_state: dict[str, Tensor] = {}  # no release quantizer to copy
+        n_bins = n_fft // 2 + 1
+        # The window is a buffer (follows .to(device)) but not saved: it is a function of the config.
+        self.register_buffer("window", _window(window, n_fft), persistent=False)
+        self.analysis = nn.Linear(3 * n_bins, latent_dim)
+        self.synthesis = nn.Linear(latent_dim, 2 * n_bins)
+        # Small weights and a bias at the initial mask: both streams start at mask_init * x
+        # (real, i.e. phase 0), whatever the latent.
+        nn.init.normal_(self.synthesis.weight, std=0.01 / math.sqrt(latent_dim))
+        with torch.no_grad():
+            bias = torch.zeros(2, n_bins)
+            # complex: bound tanh(|m|) = mask_init at m = atanh(init / bound) + 0j; gate: the
+            # intercept at logit(init / bound), the slope at 0.
+            r = mask_init / mask_bound
+            bias[0] = math.atanh(r) if mask == "complex" else math.log(r / (1 - r))
+            self.synthesis.bias.copy_(bias.flatten())
+
+    def n_frames(self, num_samples: int) -> int:
+        # torch.stft with center=True: one frame per hop plus one.
+        return num_samples // self.hop_length + 1
+
+    def stft(self, wav: Tensor) -> Tensor:
+        """wav (B, 1, T) -> complex spectrum (B, F, N), float32 whatever the autocast state."""
+        with torch.autocast(wav.device.type, enabled=False):
+            # Zero ('constant') padding at the edges, not reflection: reflection needs T > n_fft/2,
+            # and the enhance command's chunks or short clips may be shorter.
+            return torch.stft(rearrange(wav.float(), "b 1 t -> b t"), self.n_fft, self.hop_length, window=self.window,
+                              center=True, pad_mode="constant", return_complex=True)
+
+    def istft(self, spec: Tensor, length: int) -> Tensor:
+        """complex spectrum (B, F, N) -> wav (B, 1, length): the least-squares inverse (Griffin &
+        Lim 1984), exact for an unmodified spectrum."""
+        with torch.autocast(spec.device.type, enabled=False):
+            wav = torch.istft(spec, self.n_fft, self.hop_length, window=self.window, center=True, length=length)
+        return rearrange(wav, "b t -> b 1 t")
+
+    def encode(self, wav: Tensor) -> Tensor:
+        """wav (B, 1, T) -> z (B, latent_dim, N) with N = n_frames(T)."""
+        spec = self.stft(wav)
+        mag = spec.abs()
+        compressed = mag.clamp_min(1e-8) ** (self.compression - 1)  # |X|^(c-1), so that Re, Im scale as |X|^c
+        features = torch.cat([mag * compressed, spec.real * compressed, spec.imag * compressed], dim=1)  # (B, 3F, N)
+        return rearrange(self.analysis(rearrange(features, "b f n -> b n f")), "b n d -> b d n")
+
+    def mask(self, z: Tensor, spec: Tensor) -> Tensor:
+        """z (B, latent_dim, N), spec (B, F, N) the reference spectrum -> mask (B, F, N) with
+        |M| < mask_bound (complex for mask='complex', real for mask='gate')."""
+        p = rearrange(self.synthesis(rearrange(z, "b d n -> b n d")).float(), "b n (two f) -> b f n two", two=2)
+        if self.mask_type == "gate":
+            # A learned spectral gate: per bin, a sigmoid of the bin's own level (log10 power, less
+            # the item's mean, so the gate does not depend on the recording level) with an
+            # intercept and a slope set by the latent frame: M = bound * sigmoid(a + b * level).
+            # Wiener-like gains are functions of a bin's level against a noise floor; a linear
+            # map from a frame vector to 257 per-bin gains would have to learn that per bin.
+            level = torch.log10(spec.abs().square() + 1e-10)
+            level = level - level.mean(dim=(1, 2), keepdim=True)
+            return self.mask_bound * torch.sigmoid(p[..., 0] + p[..., 1] * level)
+        m = torch.view_as_complex(p.contiguous())
+        magnitude = m.abs()
+        # bound * tanh(|m|) * m / |m|, written so that |m| -> 0 is smooth: tanh(r)/r -> 1.
+        gain = self.mask_bound * torch.where(magnitude > 1e-6, torch.tanh(magnitude) / magnitude.clamp_min(1e-6), torch.ones_like(magnitude))
+        return m * gain
+
+    def apply_mask(self, mask: Tensor, reference: Tensor, length: int) -> Tensor:
+        """mask (B, F, N), reference (B, 1, T) -> ISTFT(mask * STFT(reference)) (B, 1, length)."""
+        return self.istft(mask * self.stft(reference), length)
+
+    def decode(self, z: Tensor, length: int, reference: Tensor | None = None) -> Tensor:
+        """z (B, latent_dim, N), reference (B, 1, T) the input waveform whose spectrum is masked
+        -> wav (B, 1, length)."""
+        if reference is None:
+            raise ValueError("STFTCodec.decode needs reference= the input waveform: it masks the input's spectrum")
+        if reference.shape[0] != z.shape[0]:
+            raise ValueError(f"reference batch {reference.shape[0]} != latent batch {z.shape[0]}")
+        spec = self.stft(reference)
+        return self.istft(self.mask(z, spec) * spec, length)
+
+
+def _window(kind: str, n_fft: int) -> Tensor:
+    # Periodic Hann at hop n_fft/4 (75 % overlap) or its square root: both satisfy the
+    # nonzero-overlap-add condition, so torch.istft inverts the STFT exactly.
+    if kind == "hann":
+        return torch.hann_window(n_fft)
+    if kind == "sqrt_hann":
+        return torch.hann_window(n_fft).sqrt()
+    raise ValueError(f"window={kind!r}: use 'hann' or 'sqrt_hann'")

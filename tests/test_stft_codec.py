@@ -1,0 +1,113 @@
+"""Invariants of the fixed-transform codec (model/codec=stft): exact inversion, exact lengths,
+bounded masks, the initial x/2 split, float32 spectra under bf16 autocast, and the interface
+the generator relies on."""
+
+import warnings
+
+import pytest
+import torch
+
+from conftest import SMALL_MODEL, compose_train
+from hydra.utils import instantiate
+from usedddp.data.datasets import VALIDATION_LEVEL_DB, level_gain
+from usedddp.models.components.codec import DACCodec
+from usedddp.models.components.stft_codec import STFTCodec
+
+
+def make_codec(**kwargs):
+    torch.manual_seed(0)
+    return STFTCodec(**{"n_fft": 512, "hop_length": 128, "latent_dim": 64, **kwargs}).eval()
+
+
+def speech_level(length, batch=2, seed=0):
+    wav = torch.randn(batch, 1, length, generator=torch.Generator().manual_seed(seed))
+    return wav * level_gain(wav, VALIDATION_LEVEL_DB)  # the level validation and enhance use
+
+
+@pytest.mark.parametrize("window", ["hann", "sqrt_hann"])
+@pytest.mark.parametrize("length", [1, 2, 127, 128, 129, 255, 256, 257, 511, 512, 513, 1000, 4321, 16000])
+def test_identity_mask_reconstructs_the_input(window, length):
+    codec = make_codec(window=window)
+    wav = speech_level(length, seed=length)
+    spec = codec.stft(wav)
+    assert spec.shape == (2, 257, codec.n_frames(length))
+    out = codec.apply_mask(torch.ones_like(spec), wav, length)
+    assert out.shape == wav.shape
+    torch.testing.assert_close(out, wav, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("length", [1, 100, 128, 3200, 4321, 16000])
+def test_encode_decode_lengths_and_bound(length):
+    codec = make_codec()
+    wav = speech_level(length)
+    with torch.no_grad():
+        z = codec.encode(wav)
+        assert z.shape == (2, codec.latent_dim, codec.n_frames(length))
+        out = codec.decode(3.0 * torch.randn_like(z), length, reference=wav)  # any latent
+        mask = codec.mask(100 * torch.randn_like(z), codec.stft(wav))
+    assert out.shape == wav.shape and torch.isfinite(out).all()
+    assert mask.abs().max() <= codec.mask_bound
+
+
+def test_initial_streams_are_half_the_input():
+    # Bias at atanh(0.5), weights ~0: whatever the latent, both streams start at x/2, so
+    # clean + noise = x and the least-squares scales start at 1.
+    codec = make_codec()
+    wav = speech_level(8000)
+    with torch.no_grad():
+        out = codec.decode(codec.encode(wav), wav.shape[-1], reference=wav)
+    assert (out - 0.5 * wav).pow(2).mean() < 1e-3 * wav.pow(2).mean()
+
+
+def test_decode_needs_the_reference():
+    codec = make_codec()
+    z = codec.encode(speech_level(1000))
+    with pytest.raises(ValueError, match="reference"):
+        codec.decode(z, 1000)
+    with pytest.raises(ValueError, match="batch"):
+        codec.decode(z, 1000, reference=speech_level(1000, batch=1))
+
+
+def test_weights_are_refused_with_a_reason():
+    with pytest.raises(ValueError, match="fixed transform"):
+        STFTCodec(weights="/models/weights_16khz.pth")
+
+
+def test_spectra_are_float32_under_bf16_autocast():
+    codec = make_codec().train()
+    wav = speech_level(4000)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert codec.stft(wav).dtype == torch.complex64
+        z = codec.encode(wav)
+        out = codec.decode(z, 4000, reference=wav)
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    assert codec.analysis.weight.grad is not None and codec.synthesis.weight.grad is not None
+
+
+def test_dac_codec_ignores_the_reference():
+    torch.manual_seed(0)
+    codec = DACCodec(encoder_dim=4, latent_dim=16, decoder_dim=16).eval()
+    wav = speech_level(3200)
+    with torch.no_grad():
+        z = codec.encode(wav)
+        torch.testing.assert_close(codec.decode(z, 3200, reference=wav), codec.decode(z, 3200))
+
+
+def test_config_builds_the_module_with_the_stft_codec():
+    cfg = compose_train(["model=tiny", "model/codec=stft", *SMALL_MODEL]).model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = instantiate(cfg)
+    assert isinstance(module.generator.codec, STFTCodec)
+    wav = speech_level(4000)
+    with torch.no_grad():
+        out = module.generator(wav)
+        alone = module.generator(wav, streams=("clean",))
+    assert out.clean.shape == out.noise.shape == out.reconstruction.shape == wav.shape
+    # Stacked decoding (each stream masks its own copy of the input) does not mix the streams.
+    torch.testing.assert_close(alone.clean, out.clean, atol=1e-5, rtol=1e-5)
+    # At initialisation the split is x/2 + x/2 and the reconstruction is the input.
+    # (Not exactly: the mask head's small random weights see the quantized latents.)
+    error = (out.reconstruction - wav).pow(2).sum() / wav.pow(2).sum()
+    assert error < 1e-3, float(error)
