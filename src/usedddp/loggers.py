@@ -72,5 +72,7 @@ def stage_logger(logger_cfg: DictConfig, stage: int, run_name: str, run_dir: Pat
     tags = [*(logger_cfg.get("tags") or []), *wandb_tags(stage, prior, noise)]
     hint = f"; upload later with `wandb sync {Path(logger_cfg.save_dir) / 'wandb'}/offline-run-*`" if mode == "offline" else ""
     log.info("wandb: stage %d in %s mode, group %s%s", stage, mode, group, hint)
-    # wandb run ids must be unique in a project: name the run, let wandb pick the id.
-    return instantiate(logger_cfg, name=f"{run_name}/stage{stage}", job_type=f"stage{stage}", group=group, tags=tags, mode=mode)
+    # wandb run ids must be unique in a project: name the run, let wandb pick the id. Offline
+    # runs cannot resume (WandbLogger asks for resume="allow", which wandb then warns about).
+    extra = {"resume": None} if mode == "offline" else {}
+    return instantiate(logger_cfg, name=f"{run_name}/stage{stage}", job_type=f"stage{stage}", group=group, tags=tags, mode=mode, **extra)
