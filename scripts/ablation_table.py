@@ -16,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from usedddp.ablation import AblationError, report
+from usedddp.ablation import AblationError, evaluation_name, report
+
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,13 +26,16 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--condition", help="also a table per value of this condition (e.g. snr_db); 'all' for every one")
     ap.add_argument("--all-metrics", action="store_true", help="every scored metric, not only the main ones")
     ap.add_argument("--markdown", type=Path, metavar="OUT.md", help="also write the tables to this file")
+    ap.add_argument("--stage", type=int, help="the evaluations of this stage's checkpoints (evaluate_runs.py --stage N: "
+                                              "<run>/evaluation_stageN) instead of the latest stage's (<run>/evaluation)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        text = report(args.multirun_dir, condition=args.condition, metrics="all" if args.all_metrics else "main")
+        text = report(args.multirun_dir, condition=args.condition, metrics="all" if args.all_metrics else "main",
+                      evaluation=evaluation_name(args.stage))
     except AblationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

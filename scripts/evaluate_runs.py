@@ -8,7 +8,8 @@ For each run below the directory, one after the other:
 
     python -m usedddp.evaluate ckpt=<run> output=<run>/evaluation [EVALUATE_OVERRIDES ...]
 
-(the run's latest stage's last.ckpt; the enhanced test set goes to <run>/evaluation/enhanced,
+(the run's latest stage's last.ckpt, or with --stage N stage N's into <run>/evaluation_stageN;
+the enhanced test set goes to <run>/evaluation/enhanced,
 the scores to <run>/evaluation/summary.json, per_file.csv and summary.md, the command's log to
 <run>/evaluation/log). Without overrides each run is scored on its own held-out set (for
 data=demo, the embedded test set); pass data.root=... or data.noisy_dir=... data.clean_dir=... to
@@ -26,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from usedddp.ablation import AblationError, find_runs, report
+from usedddp.ablation import AblationError, evaluation_name, find_runs, report
 
 
 def hydra_quote(value: str) -> str:
@@ -35,9 +36,11 @@ def hydra_quote(value: str) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def evaluate_command(run_dir: Path, overrides: list[str], force: bool) -> list[str]:
-    output = run_dir / "evaluation"
-    return [sys.executable, "-m", "usedddp.evaluate", f"ckpt={hydra_quote(str(run_dir))}",
+
+def evaluate_command(run_dir: Path, overrides: list[str], force: bool, stage: int | None = None) -> list[str]:
+    output = run_dir / evaluation_name(stage)
+    ckpt = run_dir if stage is None else run_dir / f"stage{stage}" / "checkpoints" / "last.ckpt"
+    return [sys.executable, "-m", "usedddp.evaluate", f"ckpt={hydra_quote(str(ckpt))}",
             f"output={hydra_quote(str(output))}", f"hydra.run.dir={hydra_quote(str(output / 'log'))}",
             *(["overwrite=true"] if force else []), *overrides]
 
@@ -47,6 +50,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("multirun_dir", type=Path, help="the sweep directory (multirun/<run_name>/<time>) or one run")
     ap.add_argument("overrides", nargs="*", help="passed to python -m usedddp.evaluate (data.root=..., dnsmos=false, device=cuda, jobs=N)")
     ap.add_argument("--force", action="store_true", help="re-evaluate runs that already have an evaluation")
+    ap.add_argument("--stage", type=int, help="evaluate this stage's last.ckpt into <run>/evaluation_stageN "
+                                              "(default: the latest stage's, into <run>/evaluation)")
     ap.add_argument("--condition", help="also print a table per value of this condition (e.g. snr_db; 'all')")
     ap.add_argument("--all-metrics", action="store_true", help="every scored metric in the table, not only the main ones")
     ap.add_argument("--markdown", type=Path, metavar="OUT.md", help="also write the table to this file")
@@ -56,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_intermixed_args(argv)  # options may come after the overrides
     try:
-        runs = find_runs(args.multirun_dir)
+        runs = find_runs(args.multirun_dir, evaluation_name(args.stage))
     except AblationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{head}: already evaluated ({run.evaluation_dir / 'summary.json'}); --force re-evaluates", flush=True)
             skipped.append(run)
             continue
-        cmd = evaluate_command(run.dir, args.overrides, args.force)
+        cmd = evaluate_command(run.dir, args.overrides, args.force, args.stage)
         print(f"{head}: {' '.join(cmd[1:])}", flush=True)
         started = time.perf_counter()
         code = subprocess.call(cmd, env=env)
@@ -87,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  FAILED {run.dir}: {why}")
     print()
     try:
-        text = report(args.multirun_dir, condition=args.condition, metrics="all" if args.all_metrics else "main")
+        text = report(args.multirun_dir, condition=args.condition, metrics="all" if args.all_metrics else "main",
+                      evaluation=evaluation_name(args.stage))
     except AblationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1 if failed else 2

@@ -214,3 +214,18 @@ def test_matched_prior_is_the_test_speakers_and_no_mixture_source():
     for prior, in_domain in (("demo_matched", True), ("demo", False)):
         cfg = _compose([f"prior={prior}", "paths.output_dir=unused"])
         assert (cfg.prior.domain == cfg.data.domain) is in_domain, prior
+
+
+def test_stage_option_evaluates_that_stage_into_its_own_folder(tmp_path):
+    """--stage N: stage N's last.ckpt, scored into <run>/evaluation_stageN, which the table reads with --stage N."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_runs", ROOT / "scripts" / "evaluate_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = tmp_path / "0_prior=demo,x={1:2}"
+    cmd = module.evaluate_command(run, ["dnsmos=false"], force=True, stage=2)
+    assert cmd[3:] == [f"ckpt='{run}/stage2/checkpoints/last.ckpt'", f"output='{run}/evaluation_stage2'",
+                       f"hydra.run.dir='{run}/evaluation_stage2/log'", "overwrite=true", "dnsmos=false"]
+    assert module.evaluate_command(run, [], force=False)[3] == f"ckpt='{run}'"
+    assert ablation.evaluation_name(None) == "evaluation" and ablation.evaluation_name(1) == "evaluation_stage1"

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-EVALUATION_DIR = "evaluation"  # <run>/evaluation/summary.json
+EVALUATION_DIR = "evaluation"  # <run>/evaluation/summary.json (evaluation_stage2/ for --stage 2)
 # Column headers: the same as usedddp.evaluate.HEADERS (a test keeps them equal); repeated here
 # so that printing a table does not import torch.
 HEADERS = {
@@ -44,6 +44,11 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 NOISY = "noisy"
 # Two runs' noisy rows (the same files, the same metric code) may differ by rounding only.
 NOISY_TOLERANCE = 1e-3
+
+
+def evaluation_name(stage: int | None) -> str:
+    """<run>/evaluation for the latest stage's checkpoint, <run>/evaluation_stageN for stage N's."""
+    return EVALUATION_DIR if stage is None else f"{EVALUATION_DIR}_stage{stage}"
 
 
 class AblationError(ValueError):
@@ -59,10 +64,11 @@ class Run:
     choices: dict = field(default_factory=dict)  # Hydra's config-group choices (model/codec: stft, ...)
     summary: dict | None = None  # the evaluation summary, when there is one
     label: str = ""
+    evaluation: str = EVALUATION_DIR  # the evaluation's folder name inside the run
 
     @property
     def evaluation_dir(self) -> Path:
-        return self.dir / EVALUATION_DIR
+        return self.dir / self.evaluation
 
     @property
     def enhanced_dir(self) -> Path:
@@ -102,10 +108,11 @@ def _is_run(path: Path) -> bool:
     return (path / ".hydra" / "config.yaml").is_file() and (path / ".hydra" / "overrides.yaml").is_file()
 
 
-def find_runs(multirun_dir: str | Path) -> list[Run]:
+def find_runs(multirun_dir: str | Path, evaluation: str = EVALUATION_DIR) -> list[Run]:
     """Every training run under `multirun_dir` (or that directory itself, if it is one run),
     sorted by Hydra job number, labelled by the overrides that vary, with its evaluation summary
-    loaded when `<run>/evaluation/summary.json` exists."""
+    loaded when `<run>/<evaluation>/summary.json` exists (`evaluation`: the folder's name,
+    `evaluation` or e.g. `evaluation_stage2` for an earlier stage's checkpoints)."""
     root = Path(multirun_dir)
     if not root.is_dir():
         raise AblationError(f"{root}: not a directory")
@@ -125,10 +132,10 @@ def find_runs(multirun_dir: str | Path) -> list[Run]:
         if not isinstance(config, dict) or "prior" not in config or "stages" not in config:
             continue  # a Hydra output of another command (an evaluation, an enhancement)
         overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(path / ".hydra" / "overrides.yaml")) or []]
-        run = Run(dir=path, overrides=overrides, config=config)
+        run = Run(dir=path, overrides=overrides, config=config, evaluation=evaluation)
         hydra_yaml = path / ".hydra" / "hydra.yaml"
         if hydra_yaml.is_file():
-            hydra_cfg = OmegaConf.load(hydra_yaml).get("hydra", {})
+            hydra_cfg = OmegaConf.load(hydra_yaml).get("hydra") or OmegaConf.create({})
             num = OmegaConf.select(hydra_cfg, "job.num", default=None, throw_on_resolution_failure=False)
             run.job_num = int(num) if isinstance(num, int) else None
             choices = OmegaConf.select(hydra_cfg, "runtime.choices", default=None, throw_on_resolution_failure=False)
@@ -354,14 +361,15 @@ def markdown(rows: list[dict], metrics: str | list[str] = "main", condition: str
     return "\n".join(lines)
 
 
-def report(multirun_dir: str | Path, condition: str | None = None, metrics: str | list[str] = "main") -> str:
+def report(multirun_dir: str | Path, condition: str | None = None, metrics: str | list[str] = "main",
+           evaluation: str = EVALUATION_DIR) -> str:
     """The overall table and, with `condition` ("all" for every one), the per-condition tables,
     as Markdown with a line saying what the test set was."""
-    runs = find_runs(multirun_dir)
+    runs = find_runs(multirun_dir, evaluation)
     rows = results_table(runs)
     done = [r for r in runs if r.summary is not None]
     test = scored_test_set(done[0])
-    parts = [f"Runs under `{Path(multirun_dir)}`; test set: noisy `{test.get('noisy')}`, reference "
+    parts = [f"Runs under `{Path(multirun_dir)}` (`<run>/{evaluation}/`); test set: noisy `{test.get('noisy')}`, reference "
              f"`{test.get('reference')}` (domain {test.get('domain')}), {test.get('pairs')} files. "
              "Means over files; in-domain: the clean prior's domain is the test set's.", "", markdown(rows, metrics)]
     columns = condition_columns(done) if condition == "all" else [condition] if condition else []
