@@ -24,7 +24,8 @@ def test_ci_runs_the_readme_test_command_verbatim():
 
 
 def test_default_experiment_config_is_what_the_readme_promises():
-    # "python -m usedddp.train" with no overrides: demo data and priors, tiny model, all three stages.
+    # "python -m usedddp.train" with no overrides: demo data and priors, the tiny model with the
+    # fixed STFT codec (model=tiny_stft), all three stages.
     from hydra import compose, initialize_config_dir
 
     import usedddp.train
@@ -33,5 +34,9 @@ def test_default_experiment_config_is_what_the_readme_promises():
         cfg = compose("train")
     assert list(cfg.stages) == [1, 2, 3]
     assert cfg.data.domain == "demo" and cfg.prior.name == "demo" and cfg.noise.name == "demo"
-    assert cfg.model.codec.encoder_dim == 8  # model=tiny
+    assert cfg.model.codec._target_.endswith("STFTCodec") and cfg.model.branch.dim == 64  # model=tiny_stft
     assert cfg.model.codec.weights is None
+    # The DAC-shaped tiny model is one override away.
+    with initialize_config_dir(str(usedddp.train.CONFIG_DIR), version_base="1.3"):
+        dac = compose("train", overrides=["model/codec=dac_tiny"])
+    assert dac.model.codec._target_.endswith("DACCodec") and dac.model.codec.encoder_dim == 8

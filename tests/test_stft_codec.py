@@ -36,9 +36,10 @@ def test_identity_mask_reconstructs_the_input(window, length):
     torch.testing.assert_close(out, wav, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("mask", ["gate", "complex"])
 @pytest.mark.parametrize("length", [1, 100, 128, 3200, 4321, 16000])
-def test_encode_decode_lengths_and_bound(length):
-    codec = make_codec()
+def test_encode_decode_lengths_and_bound(length, mask):
+    codec = make_codec(mask=mask)
     wav = speech_level(length)
     with torch.no_grad():
         z = codec.encode(wav)
@@ -49,14 +50,28 @@ def test_encode_decode_lengths_and_bound(length):
     assert mask.abs().max() <= codec.mask_bound
 
 
-def test_initial_streams_are_half_the_input():
-    # Bias at atanh(0.5), weights ~0: whatever the latent, both streams start at x/2, so
-    # clean + noise = x and the least-squares scales start at 1.
-    codec = make_codec()
+@pytest.mark.parametrize("mask", ["gate", "complex"])
+def test_initial_streams_are_half_the_input(mask):
+    # Bias at the initial mask 0.5, weights ~0: whatever the latent, both streams start at x/2,
+    # so clean + noise = x and the least-squares scales start at 1.
+    codec = make_codec(mask=mask)
     wav = speech_level(8000)
     with torch.no_grad():
         out = codec.decode(codec.encode(wav), wav.shape[-1], reference=wav)
     assert (out - 0.5 * wav).pow(2).mean() < 1e-3 * wav.pow(2).mean()
+
+
+def test_gate_is_a_level_independent_gain_in_its_bound():
+    codec = make_codec(mask="gate", mask_bound=1.0)
+    wav = speech_level(4000)
+    z = 5.0 * torch.randn(2, codec.latent_dim, codec.n_frames(4000), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        spec = codec.stft(wav)
+        mask = codec.mask(z, spec)
+        louder = codec.mask(z, codec.stft(10.0 * wav))
+    assert not mask.is_complex() and 0 <= mask.min() and mask.max() <= 1.0
+    # The gate reads the bin's level relative to the item's mean: a 20 dB louder input, the same gain.
+    torch.testing.assert_close(louder, mask, atol=1e-4, rtol=1e-4)
 
 
 def test_decode_needs_the_reference():

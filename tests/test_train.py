@@ -498,6 +498,7 @@ def test_ddp_two_cpu_processes(tmp_path):
 EXPERIMENT_OVERRIDES = {
     "demo": [],
     "vctk_unsup": ["data.root=/data/VCTK-DEMAND"],
+    "codec_ablation": ["dac_weights=/models/weights_16khz.pth"],  # read by model/codec=dac16k_release only
 }
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -535,3 +536,63 @@ def test_experiment_composes(name, tmp_path):
         bare = _compose([f"experiment={name}", "model=tiny", f"paths.output_dir={tmp_path}"])
         with pytest.raises(Exception, match="Missing mandatory value"):
             OmegaConf.to_container(bare, resolve=True, throw_on_missing=True)
+
+
+# -- 11. the codec choices and the codec ablation ----------------------------------------------
+
+CODECS = sorted(p.stem for p in (CONFIG_DIR / "model" / "codec").glob("*.yaml"))
+# TINY without its model choice and DAC-only codec sizes: the branches, discriminators and data
+# shrunk the same way for every codec.
+SHRUNK = [f"{k}={v}" for k, v in TINY.items() if k != "model" and not k.startswith("model.codec.")]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_codec_choice_builds_a_generator(codec, tmp_path):
+    # Every configs/model/codec/*.yaml composes over the default model and builds a generator whose
+    # streams have the input's length (the 74 M-parameter DAC 16 kHz codec included, random weights).
+    # dac16k_release reads the top-level dac_weights that experiment=codec_ablation defines.
+    extra = ["+dac_weights=null"] if codec == "dac16k_release" else []
+    cfg = _compose([f"model/codec={codec}", *extra, f"paths.output_dir={tmp_path}", *[o for o in SHRUNK if o.startswith("model.")]])
+    if codec == "dac16k_release":
+        assert cfg.model.codec.weights is None
+    module = instantiate(cfg.model)
+    assert module.generator.codec.latent_dim > 0
+    wav = 0.05 * torch.randn(2, 1, 4321)
+    with torch.no_grad():
+        out = module.generator(wav)
+    assert out.clean.shape == out.noise.shape == wav.shape
+    assert torch.isfinite(out.reconstruction).all()
+
+
+def test_default_model_is_the_stft_codec_and_dac_tiny_is_one_override_away():
+    default, dac = _compose([]), _compose(["model/codec=dac_tiny"])
+    assert default.model.codec._target_.endswith("STFTCodec")
+    assert dac.model.codec._target_.endswith("DACCodec") and dac.model.codec.encoder_dim == 8
+    # Only the codec differs: the same branches, discriminators, losses and optimiser.
+    assert {k: v for k, v in default.model.items() if k != "codec"} == {k: v for k, v in dac.model.items() if k != "codec"}
+
+
+def test_codec_ablation_multirun(tmp_path):
+    # The README's codec ablation, one Hydra multirun, shrunk to a step per stage: one run
+    # directory per codec, each with its own summary naming its codec.
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "usedddp.train", "-m", "experiment=codec_ablation", "model/codec=stft,dac_tiny",
+           f"hydra.sweep.dir={sweep}", "logger=csv", *SHRUNK, "stage_max_steps={1:1,2:1,3:1}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=2 * TIMEOUT_S)
+    assert proc.returncode == 0, f"exit code {proc.returncode}: {' '.join(cmd)}\n{_tail(proc.stdout)}"
+    summaries = sorted(sweep.rglob("summary.json"))
+    assert len(summaries) == 2, (summaries, _tail(proc.stdout))
+    codecs = {}
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        codecs[summary["codec"]["choice"]] = path.parent
+        assert set(summary["stages"]) == {"1", "2", "3"}
+        for record in summary["stages"].values():
+            assert record["steps"] == 1
+            metrics = record["metrics"]
+            assert all(np.isfinite(metrics[k]) for k in ("val/si_sdr", "val/input/si_sdr", "val/estoi", "val/input/estoi",
+                                                         "val/pesq_wb", "val/input/pesq_wb")), metrics
+    assert set(codecs) == {"stft", "dac_tiny"}, codecs
+    assert codecs["stft"] != codecs["dac_tiny"]
+    assert OmegaConf.load(codecs["dac_tiny"] / ".hydra" / "config.yaml").run_name == "codec_ablation"

@@ -68,6 +68,8 @@ def train(cfg: DictConfig) -> dict:
         "data": {"domain": cfg.data.domain, "root": str(cfg.data.root)},
         "prior": prior,
         "noise": noise,
+        # Which codec: the Hydra choice (model/codec=stft|dac_tiny|dac16k|...) and its class.
+        "codec": {"choice": _choice("model/codec"), "target": cfg.model.codec._target_},
         "codec_weights": cfg.model.codec.get("weights"),
         "init_from": cfg.init_from,
         "resumed_from": str(resume) if resume else None,
@@ -155,8 +157,17 @@ def _corpus_record(corpus_cfg: DictConfig, data_cfg: DictConfig) -> dict:
     }
 
 
+def _choice(group: str) -> str | None:
+    """The config chosen for a Hydra group in this run (None when not run through Hydra's main)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get(group) if HydraConfig.initialized() else None
+
+
 def _print_report(summary: dict) -> None:
     lines = [f"run directory: {summary['run_dir']}", f"clean prior: {summary['prior']['name']} (in-domain: {summary['prior']['in_domain']})"]
+    if summary.get("codec"):
+        lines.append(f"codec: {summary['codec']['choice'] or summary['codec']['target']}")
     header = f"{'stage':>5} {'steps':>6} {'SI-SDR clean':>13} {'SI-SDR noisy':>13} {'ESTOI clean':>12} {'ESTOI noisy':>12} {'PESQ clean':>11} {'PESQ noisy':>11}"
     lines.append(header)
     for stage, rec in summary["stages"].items():
