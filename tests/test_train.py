@@ -594,5 +594,6 @@ def test_codec_ablation_multirun(tmp_path):
             assert all(np.isfinite(metrics[k]) for k in ("val/si_sdr", "val/input/si_sdr", "val/estoi", "val/input/estoi",
                                                          "val/pesq_wb", "val/input/pesq_wb")), metrics
     assert set(codecs) == {"stft", "dac_tiny"}, codecs
-    assert codecs["stft"] != codecs["dac_tiny"]
+    # One flat directory per job, named by its codec (not nested at the "/" of model/codec=...).
+    assert {path.relative_to(sweep).as_posix() for path in codecs.values()} == {"0_codec=stft", "1_codec=dac_tiny"}
     assert OmegaConf.load(codecs["dac_tiny"] / ".hydra" / "config.yaml").run_name == "codec_ablation"
