@@ -53,17 +53,18 @@ def main() -> None:
 
     device = torch.device(args.device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
-    torch.manual_seed(0)
-    n = round(args.seconds * 16000)
-    wav = lambda: 0.05 * torch.randn(args.batch, 1, n, device=device)  # noqa: E731
-    batch = UnpairedBatch(wav(), wav(), wav()) if args.stage == 3 else SimulatedBatch(noisy=wav(), clean=wav(), noise=wav())
-
     variants = {"baseline": list(args.overrides), **{name: [*args.overrides, *extra] for name, extra in args.variant}}
-    steps, times = {}, {}
+    steps, times, batch = {}, {}, None
     for name, overrides in variants.items():
         torch.manual_seed(0)
         module = build(args.model, overrides).to(device)
         module.stage = args.stage
+        if batch is None:  # one batch for all, at the baseline's sample rate
+            sample_rate, n = module.sample_rate, round(args.seconds * module.sample_rate)
+            wav = lambda: 0.05 * torch.randn(args.batch, 1, n, device=device)  # noqa: E731
+            batch = UnpairedBatch(wav(), wav(), wav()) if args.stage == 3 else SimulatedBatch(noisy=wav(), clean=wav(), noise=wav())
+        elif module.sample_rate != sample_rate:
+            raise SystemExit(f"--variant {name}: {module.sample_rate} Hz, the baseline runs at {sample_rate} Hz; compare at one rate")
         opt_g = torch.optim.AdamW(module.generator.parameters(), lr=1e-5)
         opt_d = torch.optim.AdamW(module.discriminators.parameters(), lr=1e-5)
         steps[name] = (module, lambda m=module, g=opt_g, d=opt_d: use_ddp_step(m, batch, g, d, autocast))

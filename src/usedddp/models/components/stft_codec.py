@@ -65,7 +65,7 @@ class STFTCodec(nn.Module):
         latent_dim: int = 256,
         window: str = "hann",
         compression: float = 0.3,
-        mask: str = "complex",
+        mask: str = "gate",
         mask_bound: float = 1.0,
         mask_init: float = 0.5,
         weights: str | None = None,
@@ -148,9 +148,9 @@ class STFTCodec(nn.Module):
         gain = self.mask_bound * torch.where(magnitude > 1e-6, torch.tanh(magnitude) / magnitude.clamp_min(1e-6), torch.ones_like(magnitude))
         return m * gain
 
-    def apply_mask(self, mask: Tensor, reference: Tensor, length: int) -> Tensor:
-        """mask (B, F, N), reference (B, 1, T) -> ISTFT(mask * STFT(reference)) (B, 1, length)."""
-        return self.istft(mask * self.stft(reference), length)
+    def apply_mask(self, mask: Tensor, spec: Tensor, length: int) -> Tensor:
+        """mask (B, F, N), spec (B, F, N) the reference spectrum -> ISTFT(mask * spec) (B, 1, length)."""
+        return self.istft(mask * spec, length)
 
     def decode(self, z: Tensor, length: int, reference: Tensor | None = None) -> Tensor:
         """z (B, latent_dim, N), reference (B, 1, T) the input waveform whose spectrum is masked
@@ -160,7 +160,7 @@ class STFTCodec(nn.Module):
         if reference.shape[0] != z.shape[0]:
             raise ValueError(f"reference batch {reference.shape[0]} != latent batch {z.shape[0]}")
         spec = self.stft(reference)
-        return self.istft(self.mask(z, spec) * spec, length)
+        return self.apply_mask(self.mask(z, spec), spec, length)
 
 
 def _window(kind: str, n_fft: int) -> Tensor:
