@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -101,6 +102,7 @@ def test_multirun_evaluated_and_tabulated(sweep):
     assert [r["stage"] for r in rows] == [None, 1, 1]
     assert all(r["files"] == 4 for r in rows)
     assert all(r["si_sdr"] is not None and r["pesq_wb"] is not None for r in rows)
+    assert all(r["hf_si_sdr"] is not None and r["hf_level"] is not None for r in rows)  # the 4-8 kHz band measures
     assert "dnsmos_ovrl" not in rows[0]  # dnsmos=false: not scored, not a column
 
     # The script printed the same table, the in-domain run flagged, then the per-SNR table.
@@ -109,6 +111,7 @@ def test_multirun_evaluated_and_tabulated(sweep):
     assert printed["prior=demo_matched (in-domain)"][1:3] == ["demo_matched", "**yes**"]
     assert printed["prior=demo"][1:3] == ["demo", "no"]
     assert "Per snr_db:" in evaluate.stdout
+    assert "| SI-SDR 4-8k (dB) | level 4-8k (dB) |" in evaluate.stdout
 
     by_snr = ablation.condition_table(runs, "snr_db")
     assert [(r["snr_db"], r["label"]) for r in by_snr] == [(snr, label) for snr in ("0", "15") for label in LABELS]
@@ -229,3 +232,45 @@ def test_stage_option_evaluates_that_stage_into_its_own_folder(tmp_path):
                        f"hydra.run.dir='{run}/evaluation_stage2/log'", "overwrite=true", "dnsmos=false"]
     assert module.evaluate_command(run, [], force=False)[3] == f"ckpt='{run}'"
     assert ablation.evaluation_name(None) == "evaluation" and ablation.evaluation_name(1) == "evaluation_stage1"
+
+
+def _fake_run(root: Path, num: int, prior: str, metrics: dict[str, float]) -> None:
+    """A run directory with an evaluation summary of one noisy and one system row (no training)."""
+    hydra_dir = root / f"{num}_{prior}" / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    (hydra_dir / "config.yaml").write_text(f"stages: [1]\nprior: {{name: {prior}, dir: x, domain: d}}\n")
+    (hydra_dir / "overrides.yaml").write_text(f"- prior={prior}\n")
+    (hydra_dir / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
+    stat = lambda v: {"mean": v, "std": 0.0, "n": 2}  # noqa: E731
+    summary = {
+        "provenance": {"test_set": {"noisy": "n", "reference": "c", "pairs": 2, "domain": "d"},
+                       "clean_prior": {"name": prior, "domain": "d", "in_domain_for_test_set": False},
+                       "checkpoint": {"stage": 1, "codec": "x.Stft"}},
+        "results": {"metrics": list(metrics), "conditions": {}, "overall": [
+            {"system": "noisy", "files": 2, **{m: stat(v - 1) for m, v in metrics.items()}},
+            {"system": "USE-DDP stage 1", "files": 2, **{m: stat(v) for m, v in metrics.items()}}]},
+    }
+    (root / f"{num}_{prior}" / "evaluation").mkdir()
+    (root / f"{num}_{prior}" / "evaluation" / "summary.json").write_text(json.dumps(summary))
+
+
+def test_summaries_without_the_band_measures_still_tabulate(tmp_path):
+    """An evaluation from before hf_si_sdr/hf_level existed: alone, a table without them; beside a
+    newer one, the columns every run has, with a warning naming the ones left out."""
+    old = {"pesq_wb": 2.0, "si_sdr": 5.0}
+    _fake_run(tmp_path / "old", 0, "demo", old)
+    rows = ablation.results_table(ablation.find_runs(tmp_path / "old"))
+    assert "hf_level" not in rows[0] and rows[1]["si_sdr"] == 5.0
+    assert "SI-SDR 4-8k" not in ablation.markdown(rows) and "| SI-SDR (dB) |" in ablation.markdown(rows)
+
+    _fake_run(tmp_path / "mixed", 0, "demo", old)
+    _fake_run(tmp_path / "mixed", 1, "demo_matched", {**old, "hf_si_sdr": -20.0, "hf_level": -35.0})
+    runs = ablation.find_runs(tmp_path / "mixed")
+    with pytest.warns(UserWarning, match="hf_si_sdr, hf_level not in every evaluation"):
+        rows = ablation.results_table(runs)
+    assert [r["label"] for r in rows] == ["noisy", "prior=demo", "prior=demo_matched"]
+    assert ablation.metrics_of(rows) == ["pesq_wb", "si_sdr"]
+
+    _fake_run(tmp_path / "new", 0, "demo", {**old, "hf_si_sdr": -20.0, "hf_level": -35.0})
+    table = ablation.markdown(ablation.results_table(ablation.find_runs(tmp_path / "new")))
+    assert "| SI-SDR (dB) | SI-SDR 4-8k (dB) | level 4-8k (dB) |" in table and "| -35.00 |" in table

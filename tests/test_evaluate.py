@@ -84,7 +84,9 @@ def test_references_scored_against_themselves_and_noisy_row(tmp_path, test_set):
     assert _mean(summary, "oracle", "stoi") > 0.999
     assert _mean(summary, "oracle", "si_sdr") > 60
     assert _mean(summary, "oracle", "csig") > 4.5 and _mean(summary, "oracle", "covl") > 4.5
-    for metric in ("pesq_wb", "pesq_nb", "estoi", "si_sdr", "csig", "cbak", "covl"):
+    assert _mean(summary, "oracle", "hf_si_sdr") > 60 and _mean(summary, "oracle", "hf_level") == pytest.approx(0.0, abs=1e-6)
+    assert _mean(summary, "noisy", "hf_level") > 0  # the noise adds 4-8 kHz energy
+    for metric in ("pesq_wb", "pesq_nb", "estoi", "si_sdr", "hf_si_sdr", "csig", "cbak", "covl"):
         assert _mean(summary, "noisy", metric) < _mean(summary, "oracle", metric), metric
     # The noisy inputs' SI-SDR follows the SNRs they were mixed at (0 and 15 dB).
     by_snr = summary["results"]["conditions"]["snr_db"]
@@ -97,11 +99,18 @@ def test_references_scored_against_themselves_and_noisy_row(tmp_path, test_set):
     assert meta["sample_rate"] == 16000 and "wide-band" in meta["pesq_mode"] and "narrow-band" in meta["pesq_mode"]
     assert "sig_bak_ovr.onnx" in meta["dnsmos_model"]
     assert {"pesq", "pystoi", "speechmos", "onnxruntime", "torch"} <= set(meta["versions"])
+    assert summary["results"]["metrics"] == ["pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "hf_si_sdr", "hf_level",
+                                             "csig", "cbak", "covl", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"]
+    assert "4-8 kHz" in meta["metric_definitions"]["hf_si_sdr"] and "-50" in meta["metric_definitions"]["hf_level"]
+    with (out / "per_file.csv").open(newline="") as f:
+        assert next(csv.reader(f)) == ["file", "system", *meta["test_set"]["condition_columns"], *summary["results"]["metrics"],
+                                       "duration_s", "length_diff"]
     rows = list(csv.DictReader((out / "per_file.csv").open()))
     assert len(rows) == 2 * N_FILES and {r["system"] for r in rows} == {"noisy", "oracle"}
     assert all(r["snr_db"] in ("0", "15") for r in rows)
     markdown = (out / "summary.md").read_text()
     assert "| noisy |" in markdown and "| oracle |" in markdown and "Δ vs noisy" in markdown
+    assert "| SI-SDR (dB) | SI-SDR 4-8k (dB) | level 4-8k (dB) |" in markdown
     assert "| noisy |" in proc.stdout  # the table is printed
 
 
@@ -121,6 +130,24 @@ def test_resampled_stereo_copies_match_their_references(tmp_path, test_set):
     for row in result.rows:
         assert row["pesq_wb"] > 4.0 and row["stoi"] > 0.99, row
         assert abs(row["length_diff"]) <= 3
+
+
+def test_low_passed_references_fail_the_band_measures_only(tmp_path, test_set):
+    """A 'system' that outputs the references low-passed at 3.5 kHz (the clean stream's failure):
+    full-band SI-SDR and STOI stay high, the 4-8 kHz band's level says deleted."""
+    import scipy.signal
+
+    est = tmp_path / "lowpassed"
+    est.mkdir()
+    sos = scipy.signal.butter(16, 3500, fs=16000, output="sos")
+    for path in sorted((test_set / "clean").glob("*.flac")):
+        data, sr = sf.read(str(path), dtype="float64")
+        sf.write(str(est / path.name), scipy.signal.sosfiltfilt(sos, data), sr, subtype="PCM_24")
+    result = evaluate_folders(est, test_set / "clean", dnsmos=False, progress=False)
+    assert not result.failed and len(result.rows) == N_FILES
+    for row in result.rows:
+        assert row["si_sdr"] > 5 and row["stoi"] > 0.95, row
+        assert row["hf_level"] < -30 and row["hf_si_sdr"] < 0, row
 
 
 def test_bad_estimate_is_reported_and_the_others_scored(tmp_path, test_set):

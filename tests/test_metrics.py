@@ -2,12 +2,25 @@
 
 import numpy as np
 import pytest
+import scipy.signal
 import torch
 import torchaudio
 
 from usedddp.assets import DEMO_ROOT
 from usedddp.audio import find_audio_files, load_audio
-from usedddp.metrics import COMPOSITE_PESQ, composite, dnsmos, estoi, pesq_nb, pesq_wb, si_sdr, stoi
+from usedddp.metrics import (
+    COMPOSITE_PESQ,
+    band_level_db,
+    band_si_sdr,
+    composite,
+    dnsmos,
+    estoi,
+    pesq_nb,
+    pesq_wb,
+    si_sdr,
+    stoi,
+)
+from usedddp.metrics.band import BAND_FLOOR_DB
 from usedddp.metrics.composite import _frames, _segsnr
 
 
@@ -201,3 +214,95 @@ def test_composite_matches_pysepm_evo_on_real_noisy_speech(name):
     assert {k: scores[k] for k in expected} == pytest.approx(
         {k: float(np.clip(v, 1, 5)) for k, v in expected.items()}, abs=1e-6
     )
+
+
+# --- band-wise measures: is the speech above 4 kHz kept? ----------------------------------------
+
+FRICATIVES = "el_Kiriaki_Serafeim__space__moon__moon_crescent_desc_el.flac"  # 4-8 kHz at -14 dB of the clip
+
+
+@pytest.fixture(scope="module")
+def fricatives() -> np.ndarray:
+    x = load_audio(DEMO_ROOT / "clean_testset" / FRICATIVES, 16000)[0].double().numpy()
+    return x - x.mean()
+
+
+def _fft_band(x: np.ndarray, low_hz: float, high_hz: float, sample_rate: int = 16000) -> np.ndarray:
+    """x with the FFT bins outside [low_hz, high_hz] zeroed: test-side band split, exact by construction."""
+    spectrum = np.fft.rfft(x)
+    freqs = np.fft.rfftfreq(x.size, 1 / sample_rate)
+    spectrum[(freqs < low_hz) | (freqs > high_hz)] = 0
+    return np.fft.irfft(spectrum, n=x.size)
+
+
+def test_band_measures_of_a_copy_and_a_scaled_band(fricatives):
+    x = fricatives
+    assert band_si_sdr(x, x, 16000) > 60
+    assert band_level_db(x, x, 16000) == pytest.approx(0.0, abs=1e-9)
+    # The 4-8 kHz band at half amplitude: level 20 log10(0.5) = -6.0206 dB (float64 FFT rounding:
+    # 1e-6 dB), the band's waveform unchanged, so scale-invariant band SI-SDR stays at its ceiling.
+    half = x - 0.5 * _fft_band(x, 4000, 8000)
+    assert band_level_db(half, x, 16000) == pytest.approx(20 * np.log10(0.5), abs=1e-6)
+    assert band_si_sdr(half, x, 16000) > 60
+    # Any container: torch tensors (float32, 2-D) as numpy arrays; an offset is removed.
+    as_torch = torch.from_numpy(half).float()[None, :]
+    assert band_level_db(as_torch, torch.from_numpy(x)[None, :], 16000) == pytest.approx(-6.0206, abs=1e-3)
+    assert band_si_sdr(x + 0.1, x, 16000) > 60
+
+
+def test_band_measures_see_a_low_pass_that_full_band_si_sdr_does_not(fricatives):
+    x = fricatives
+    brick = _fft_band(x, 0, 3500)
+    assert si_sdr(brick, x) > 10  # full band: the lost 4-8 kHz is -14 dB of this clip's energy
+    assert band_si_sdr(brick, x, 16000) == BAND_FLOOR_DB == -50.0  # floored, finite, not NaN
+    assert band_level_db(brick, x, 16000) == BAND_FLOOR_DB
+    # A realistic (16th-order Butterworth) low-pass at 3.5 kHz, zero-phase and causal: the level says
+    # "deleted" (< -30 dB); the band SI-SDR is low but not floored, since the attenuated 4-4.5 kHz
+    # edge it leaves is still a copy of the reference's (scale invariance ignores how faint).
+    sos = scipy.signal.butter(16, 3500, fs=16000, output="sos")
+    for lowpassed in (scipy.signal.sosfiltfilt(sos, x), scipy.signal.sosfilt(sos, x)):
+        assert band_level_db(lowpassed, x, 16000) < -30
+        assert band_si_sdr(lowpassed, x, 16000) < -5
+    assert si_sdr(scipy.signal.sosfiltfilt(sos, x), x) > 10
+    # Nothing at all in the estimate: the floor, not NaN (plain si_sdr's epsilons would say 0 dB).
+    assert band_si_sdr(np.zeros_like(x), x, 16000) == BAND_FLOOR_DB
+    assert band_level_db(np.zeros_like(x), x, 16000) == BAND_FLOOR_DB
+
+
+@pytest.mark.parametrize("snr", [0.0, 10.0, 20.0])
+def test_band_si_sdr_of_white_noise_above_4k(fricatives, snr):
+    """White noise only in 4-8 kHz at a known band SNR (not orthogonalised): band SI-SDR ≈ SNR."""
+    x = fricatives
+    noise = _fft_band(np.random.default_rng(8).standard_normal(x.size), 4000, 8000)
+    band = _fft_band(x, 4000, 8000)
+    noise *= np.sqrt(band @ band / (noise @ noise)) * 10 ** (-snr / 20)
+    assert band_si_sdr(x + noise, x, 16000) == pytest.approx(snr, abs=0.5)
+    assert si_sdr(x + noise, x) > snr + 10  # the band is -14 dB of the clip: full band barely moves
+    assert band_level_db(x + noise, x, 16000) > 0  # noise adds band energy
+
+
+def test_band_level_ignores_silence(fricatives):
+    """Noise as loud as the speech's band, in 2 s of silence after it: the whole-clip band energy
+    doubles (+3 dB), but over the frames where the reference is active the level stays at 0 dB."""
+    reference = np.concatenate([fricatives, np.zeros(32000)])
+    noise = _fft_band(np.random.default_rng(9).standard_normal(reference.size), 4000, 8000)
+    noise[: fricatives.size] = 0
+    band = _fft_band(reference, 4000, 8000)
+    noise *= np.sqrt(band @ band / (noise @ noise))
+    assert band_level_db(reference + noise, reference, 16000) == pytest.approx(0.0, abs=0.2)
+
+
+def test_band_measures_undefined_cases(fricatives):
+    x = fricatives
+    band_limited = _fft_band(x, 0, 3500)  # a reference with no 4-8 kHz: nothing to measure
+    assert np.isnan(band_si_sdr(x, band_limited, 16000)) and np.isnan(band_level_db(x, band_limited, 16000))
+    assert np.isnan(band_si_sdr(x, np.zeros_like(x), 16000))
+    with pytest.raises(ValueError, match="length"):
+        band_si_sdr(x[:-1], x, 16000)
+    with pytest.raises(ValueError, match="empty"):
+        band_level_db(x, x, 8000)  # 4-8 kHz is above an 8 kHz signal's Nyquist
+    # At 48 kHz the band is 4-8 kHz still, not 4 kHz to Nyquist.
+    x48 = torchaudio.functional.resample(torch.from_numpy(x), 16000, 48000).numpy()
+    assert band_si_sdr(x48, x48, 48000) > 60
+    above = x48 + _fft_band(np.random.default_rng(10).standard_normal(x48.size), 9000, 24000, 48000)
+    assert band_si_sdr(above, x48, 48000) > 60 and band_level_db(above, x48, 48000) == pytest.approx(0.0, abs=1e-6)

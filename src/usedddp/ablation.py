@@ -36,10 +36,11 @@ EVALUATION_DIR = "evaluation"  # <run>/evaluation/summary.json (evaluation_stage
 # so that printing a table does not import torch.
 HEADERS = {
     "pesq_wb": "PESQ-wb", "pesq_nb": "PESQ-nb", "stoi": "STOI", "estoi": "ESTOI", "si_sdr": "SI-SDR (dB)",
-    "csig": "CSIG", "cbak": "CBAK", "covl": "COVL", "dnsmos_sig": "DNSMOS SIG", "dnsmos_bak": "DNSMOS BAK",
-    "dnsmos_ovrl": "DNSMOS OVRL",
+    "hf_si_sdr": "SI-SDR 4-8k (dB)", "hf_level": "level 4-8k (dB)", "csig": "CSIG", "cbak": "CBAK", "covl": "COVL",
+    "dnsmos_sig": "DNSMOS SIG", "dnsmos_bak": "DNSMOS BAK", "dnsmos_ovrl": "DNSMOS OVRL",
 }
-MAIN_METRICS = ("pesq_wb", "estoi", "si_sdr", "csig", "cbak", "covl", "dnsmos_ovrl")
+# With the 4-8 kHz band measures: a clean stream that drops everything above 4 kHz barely moves the others.
+MAIN_METRICS = ("pesq_wb", "estoi", "si_sdr", "hf_si_sdr", "hf_level", "csig", "cbak", "covl", "dnsmos_ovrl")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 NOISY = "noisy"
 # Two runs' noisy rows (the same files, the same metric code) may differ by rounding only.
@@ -248,9 +249,15 @@ def _mean(stat) -> float | None:
 
 
 def common_metrics(runs: list[Run]) -> list[str]:
-    """Metrics every summary has, in the evaluation's order."""
-    lists = [r.summary["results"]["metrics"] for r in runs]
-    return [m for m in lists[0] if all(m in other for other in lists[1:])]
+    """Metrics every summary has, in the evaluation's order; warns about those only some have (an
+    evaluation from before a metric existed, e.g. the 4-8 kHz ones: re-evaluate with --force)."""
+    lists = [r.summary["results"].get("metrics", []) for r in runs]
+    common = [m for m in lists[0] if all(m in other for other in lists[1:])]
+    partial = [m for m in dict.fromkeys(m for other in lists for m in other) if m not in common]
+    if partial:
+        warnings.warn(f"metric(s) {', '.join(partial)} not in every evaluation, left out of the table "
+                      "(scripts/evaluate_runs.py DIR --force re-scores the older ones)", stacklevel=3)
+    return common
 
 
 def _row(run: Run | None, table_row: dict, metrics: list[str], **extra) -> dict:
@@ -340,8 +347,8 @@ def _fmt(value, digits: int = 2) -> str:
 def markdown(rows: list[dict], metrics: str | list[str] = "main", condition: str | None = None) -> str:
     """A Markdown table of `results_table` or `condition_table` rows; in-domain runs are flagged
     in the run column ("prior=demo_matched (in-domain)") and in their own column.
-    `metrics`: "main" (PESQ-wb, ESTOI, SI-SDR, CSIG/CBAK/COVL, DNSMOS OVRL, where scored), "all",
-    or a list."""
+    `metrics`: "main" (PESQ-wb, ESTOI, SI-SDR, SI-SDR and level of 4-8 kHz, CSIG/CBAK/COVL, DNSMOS
+    OVRL, where scored: summaries from before the band measures have none), "all", or a list."""
     present = metrics_of(rows)
     if metrics == "main":
         chosen = [m for m in MAIN_METRICS if m in present]

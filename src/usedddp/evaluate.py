@@ -41,18 +41,19 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from usedddp import metrics
 from usedddp.audio import CorpusError, find_audio_files
+from usedddp.metrics.band import ACTIVE_RANGE_DB, BAND_FLOOR_DB, EMPTY_BAND_DB, FRAME_SECONDS, REFERENCE_MIN_BAND_DB
 from usedddp.metrics.scoring import SAMPLE_RATE, score_job, worker_init
 from usedddp.train import CONFIG_DIR  # also registers the ${usedddp_demo_root:} resolver
 
 log = logging.getLogger("usedddp.evaluate")
 
-INTRUSIVE = ("pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "csig", "cbak", "covl")
+INTRUSIVE = ("pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "hf_si_sdr", "hf_level", "csig", "cbak", "covl")
 REFERENCE_FREE = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
 METRICS = INTRUSIVE + REFERENCE_FREE
 HEADERS = {
     "pesq_wb": "PESQ-wb", "pesq_nb": "PESQ-nb", "stoi": "STOI", "estoi": "ESTOI", "si_sdr": "SI-SDR (dB)",
-    "csig": "CSIG", "cbak": "CBAK", "covl": "COVL", "dnsmos_sig": "DNSMOS SIG", "dnsmos_bak": "DNSMOS BAK",
-    "dnsmos_ovrl": "DNSMOS OVRL",
+    "hf_si_sdr": "SI-SDR 4-8k (dB)", "hf_level": "level 4-8k (dB)", "csig": "CSIG", "cbak": "CBAK", "covl": "COVL",
+    "dnsmos_sig": "DNSMOS SIG", "dnsmos_bak": "DNSMOS BAK", "dnsmos_ovrl": "DNSMOS OVRL",
 }
 # Known test-set layouts under a root: (noisy folder, clean folder, domain).
 TEST_LAYOUTS = (("noisy_testset_wav", "clean_testset_wav", "vctk"), ("noisy_testset", "clean_testset", None))
@@ -77,6 +78,15 @@ def metric_definitions() -> dict[str, str]:
         "stoi": "STOI (Taal et al. 2011), pystoi, extended=False (resampled internally to 10 kHz)",
         "estoi": "ESTOI (Jensen & Taal 2016), pystoi, extended=True",
         "si_sdr": "SI-SDR in dB (Le Roux et al. 2019), zero-mean signals",
+        "hf_si_sdr": f"SI-SDR in dB (Le Roux et al. 2019; zero-mean, scale-invariant) of the estimate's 4-8 kHz band against "
+                     f"the reference's; band: the whole 16 kHz clip's FFT with every bin outside 4000 <= f <= 8000 Hz zeroed "
+                     f"(zero-phase brick wall); floored at {BAND_FLOOR_DB:g} dB, the value of an estimate with nothing there "
+                     f"(its band below {EMPTY_BAND_DB:g} dB of its energy); NaN when the reference's band is below "
+                     f"{REFERENCE_MIN_BAND_DB:g} dB of its energy",
+        "hf_level": f"10 log10 of the estimate's 4-8 kHz band energy (same band) over the reference's, both summed over the "
+                    f"non-overlapping {FRAME_SECONDS * 1000:g} ms frames whose reference full-band energy is within "
+                    f"{ACTIVE_RANGE_DB:g} dB of its loudest frame's; 0 dB: kept, -30 dB: deleted, > 0: added (noise); "
+                    f"floored at {BAND_FLOOR_DB:g} dB; NaN as hf_si_sdr",
         "csig": f"composite signal distortion (Hu & Loizou 2008); PESQ term: {composite_pesq}",
         "cbak": "composite background intrusiveness (Hu & Loizou 2008)",
         "covl": "composite overall quality (Hu & Loizou 2008)",
@@ -296,6 +306,9 @@ def summary_markdown(summary: dict) -> str:
               f"- PESQ: {meta['pesq_mode']}", f"- DNSMOS: {meta['dnsmos_model']}",
               "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), ""]
     metrics_ = numbers["metrics"]
+    if "hf_level" in metrics_:
+        lines[-1:-1] = ["- 4-8k columns: the 4-8 kHz band alone, which full-band scores barely weigh (does the estimate "
+                        "keep fricatives?); level 0 dB: kept, -30 dB: deleted (definitions: summary.json)"]
     lines += ["Mean over files (NaN scores excluded; see per_file.csv).", "", markdown_table(numbers["overall"], metrics_)]
     for column, groups in numbers["conditions"].items():
         lines += ["", f"## Per condition: {column}", ""]

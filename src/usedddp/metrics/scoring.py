@@ -35,6 +35,8 @@ def score_pair(estimate: Path, reference: Path | None, dnsmos: bool = True) -> d
         row["stoi"] = metrics.stoi(e, r, SAMPLE_RATE)
         row["estoi"] = metrics.estoi(e, r, SAMPLE_RATE)
         row["si_sdr"] = metrics.si_sdr(e, r)
+        row["hf_si_sdr"] = metrics.band_si_sdr(e, r, SAMPLE_RATE)
+        row["hf_level"] = metrics.band_level_db(e, r, SAMPLE_RATE)
         comp = metrics.composite(e, r, SAMPLE_RATE, pesq=row["pesq_wb"])
         row.update({k: comp[k] for k in ("csig", "cbak", "covl")})
     if dnsmos:
