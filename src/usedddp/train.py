@@ -42,6 +42,7 @@ def train(cfg: DictConfig) -> dict:
     if prior["in_domain"]:
         log.warning("clean prior '%s' is IN-DOMAIN for data '%s': it comes from the corpus the evaluation mixtures were made from, which flatters results", prior["name"], cfg.data.domain)
     log.info("clean prior: %s (%s); noise prior: %s (%s)", prior["name"], prior["dir"], noise["name"], noise["dir"])
+    audit = _audit(cfg)
 
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.model)
@@ -68,6 +69,7 @@ def train(cfg: DictConfig) -> dict:
         "data": {"domain": cfg.data.domain, "root": str(cfg.data.root)},
         "prior": prior,
         "noise": noise,
+        "audit": audit,
         # Which codec: the Hydra choice (model/codec=stft|dac_tiny|dac16k|...) and its class.
         "codec": {"choice": _choice("model/codec"), "target": cfg.model.codec._target_},
         "codec_weights": cfg.model.codec.get("weights"),
@@ -78,7 +80,7 @@ def train(cfg: DictConfig) -> dict:
 
     for stage in stages:
         module.stage = datamodule.stage = stage
-        summary["stages"][str(stage)] = _fit_stage(cfg, module, datamodule, stage, run_dir, resume if stage == stages[0] else None)
+        summary["stages"][str(stage)] = _fit_stage(cfg, module, datamodule, stage, run_dir, resume if stage == stages[0] else None, audit)
         summary["wall_time_s"] = round(time.time() - started, 1)
         _write_summary(summary_path, summary)
 
@@ -98,7 +100,18 @@ def _write_summary(path: Path, summary: dict) -> None:
         path.write_text(json.dumps(summary, indent=2))
 
 
-def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, resume: Path | None) -> dict:
+def _audit(cfg: DictConfig) -> dict | None:
+    """The corpus audit (usedddp.audit) on global rank 0, which alone writes the summary and logs;
+    its table and warnings go to train.log. Imported here: usedddp.audit imports this module."""
+    if rank_zero_only.rank != 0:
+        return None
+    from usedddp.audit import training_audit
+
+    return training_audit(cfg, log)
+
+
+def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, resume: Path | None,
+               audit: dict | None = None) -> dict:
     stage_dir = run_dir / f"stage{stage}"
     budgets = cfg.stage_max_steps or {}
     max_steps = int(budgets.get(stage, budgets.get(str(stage), cfg.trainer.max_steps)))
@@ -116,6 +129,11 @@ def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, r
     hparams = OmegaConf.to_container(cfg, resolve=True)
     # The prior corpora and the in-domain flag, for grouping and filtering runs by prior.
     hparams["stage"], hparams["prior"]["in_domain"], hparams["noise"]["in_domain"] = stage, prior["in_domain"], noise["in_domain"]
+    if audit is not None:
+        from usedddp.audit import compact
+
+        # The audit's warnings and a few numbers per corpus, beside the settings in hparams["audit"].
+        hparams["audit"] = {**hparams.get("audit", {}), **compact(audit)}
     for logger in loggers:
         logger.log_hyperparams(hparams)
     trainer = instantiate(cfg.trainer, max_steps=max_steps, callbacks=list(callbacks.values()), logger=loggers)
