@@ -5,14 +5,17 @@
 
 Selection is deterministic (sorted file lists, numpy Generator seeded with --seed). Speakers
 and noise files are split so that nothing leaks between the priors and the noisy sets:
-- clean_prior/<speaker>/     utterances of three speakers, copied unchanged
+- clean_prior/<speaker>/     the wideband clean prior: utterances of the one non-test speaker whose
+  recordings are wideband and not gated (tuxpaint_es_Estefania_Ortiz), copied unchanged
+- clean_prior_bandlimited/<speaker>/   the first clean prior (three speakers, two of them band-limited
+  and gated: `python -m usedddp.audit prior=demo_bandlimited` warns), kept for the prior ablation
 - noise_prior/<package>/     a varied set of noise files (long loops cropped to 10 s)
 - noisy_trainset/            simulated 'real' noisy recordings (three other speakers, other noise files)
 - noisy_testset/, clean_testset/, testset_conditions.csv   held-out utterances and noise files
 - clean_prior_matched/<speaker>/   other utterances of the three noisy/test speakers (an in-domain
   clean prior for the prior-corpus ablation), none of them a source of any mixture above
-Needs only numpy and soundfile. The matched prior is drawn last, from its own Generator, so adding
-it left every other file byte-identical.
+Needs only numpy and soundfile. The matched and the wideband priors are drawn last, each from its
+own Generator, so adding them left every other file byte-identical.
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ import numpy as np
 import soundfile as sf
 
 SR = 16000
+# The first clean prior, now clean_prior_bandlimited: the two fillets voices have almost nothing
+# above 6 kHz (their 6-8 kHz band sits 66-70 dB below the spectrum's peak, median over files) and
+# digital silence between words; tuxpaint_es sits at 42 dB, the test speakers at 38-45 dB.
 PRIOR_SPEAKERS = ("fillets_nl_small_fish_F", "fillets_nl_big_fish_M", "tuxpaint_es_Estefania_Ortiz")
+# The wideband clean prior: of the speakers that are not the noisy/test speakers, the only one
+# whose recordings are wideband with a room-noise floor like the test speakers' own.
+WIDEBAND_PRIOR_SPEAKERS = ("tuxpaint_es_Estefania_Ortiz",)
 NOISY_SPEAKERS = ("tuxpaint_ro_Tabbytha", "tuxpaint_el_Kiriaki_Serafeim", "tuxpaint_ru_Edwin_Veber")
 SNRS_DB = (0, 5, 10, 15)
 CLEAN_PRIOR_SECONDS = 150.0
@@ -127,11 +136,11 @@ def build(source: Path, out: Path, seed: int) -> None:
         for r in shuffled([r for r in speech[spk] if float(r["duration_s"]) <= MAX_PRIOR_UTTERANCE_SECONDS], rng):
             if total >= CLEAN_PRIOR_SECONDS / len(PRIOR_SPEAKERS):
                 break
-            dst = out / "clean_prior" / spk / Path(r["path"]).name
+            dst = out / "clean_prior_bandlimited" / spk / Path(r["path"]).name
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / r["path"], dst)
             total += float(r["duration_s"])
-            manifest.append(manifest_row(dst.relative_to(out).as_posix(), "clean_prior", float(r["duration_s"]), [r], spk))
+            manifest.append(manifest_row(dst.relative_to(out).as_posix(), "clean_prior_bandlimited", float(r["duration_s"]), [r], spk))
 
     prior_noise, train_noise, test_noise = split_noise([r for r in rows if r["kind"] == "noise"], rng)
     fade = np.linspace(0.0, 1.0, round(FADE_SECONDS * SR))
@@ -189,6 +198,21 @@ def build(source: Path, out: Path, seed: int) -> None:
             total += float(r["duration_s"])
             manifest.append(manifest_row(dst.relative_to(out).as_posix(), "clean_prior_matched", float(r["duration_s"]), [r], spk))
 
+    # The wideband clean prior (prior=demo): as much as the first prior held, from its own Generator.
+    wide_rng = np.random.default_rng([seed, 2])
+    for spk in WIDEBAND_PRIOR_SPEAKERS:
+        total = 0.0
+        pool = [r for r in speech[spk]
+                if MIN_PRIOR_UTTERANCE_SECONDS <= float(r["duration_s"]) <= MAX_PRIOR_UTTERANCE_SECONDS]
+        for r in shuffled(pool, wide_rng):
+            if total >= CLEAN_PRIOR_SECONDS / len(WIDEBAND_PRIOR_SPEAKERS):
+                break
+            dst = out / "clean_prior" / spk / Path(r["path"]).name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / r["path"], dst)
+            total += float(r["duration_s"])
+            manifest.append(manifest_row(dst.relative_to(out).as_posix(), "clean_prior", float(r["duration_s"]), [r], spk))
+
     with open(out / "testset_conditions.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=("file", "speaker", "noise_file", "noise_category", "snr_db"))
         w.writeheader()
@@ -216,7 +240,8 @@ to train a useful model.
 
 | folder | role |
 |---|---|
-| `clean_prior/<speaker>/` | clean-speech prior: utterances of {", ".join(PRIOR_SPEAKERS)} (copied unchanged) |
+| `clean_prior/<speaker>/` | clean-speech prior (`prior=demo`): utterances of {", ".join(WIDEBAND_PRIOR_SPEAKERS)}, the one speaker of the source corpus who is not a test speaker and whose recordings are wideband with a room-noise floor (copied unchanged) |
+| `clean_prior_bandlimited/<speaker>/` | the first clean prior (`prior=demo_bandlimited`): utterances of {", ".join(PRIOR_SPEAKERS)} (copied unchanged); the two fillets voices are band-limited (6-8 kHz about 66-70 dB below the spectral peak) with digital silence between words, and the prior audit warns about it: kept to show that the prior is the result |
 | `noise_prior/<package>/` | noise prior: a varied set of environmental recordings, long loops cropped to {MAX_NOISE_SECONDS:.0f} s with {FADE_SECONDS * 1000:.0f} ms fades |
 | `noisy_trainset/` | stand-in for real noisy recordings: utterances of {", ".join(NOISY_SPEAKERS)} mixed with noise files that are not in `noise_prior` at SNRs drawn from {{0, 5, 10, 15}} dB; their clean parts are not shipped |
 | `noisy_testset/`, `clean_testset/` | held-out pairs (same file names): other utterances of the same three speakers, other noise files, SNRs 0/5/10/15 dB cycled; `testset_conditions.csv` lists speaker, noise file, noise category and SNR per file |
