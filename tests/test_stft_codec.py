@@ -126,3 +126,23 @@ def test_config_builds_the_module_with_the_stft_codec():
     # (Not exactly: the mask head's small random weights see the quantized latents.)
     error = (out.reconstruction - wav).pow(2).sum() / wav.pow(2).sum()
     assert error < 1e-3, float(error)
+
+
+def test_bin_floor_gate_ignores_a_fixed_spectral_tilt():
+    """gate_level=bin_floor gates each bin on its level over its own floor (an a posteriori SNR):
+    a fixed per-bin gain on the input (a tilt, a microphone's response) leaves the mask as it
+    was, where item_mean's mask changes (its quiet high bins look like noise)."""
+    torch.manual_seed(0)
+    spec = 10.0 * torch.randn(2, 257, 40, dtype=torch.cfloat)  # far above the gate's 1e-10 power floor
+    tilt = torch.logspace(0, -2, 257).reshape(1, 257, 1)
+    masks = {}
+    for level in ("bin_floor", "item_mean"):
+        codec = STFTCodec(gate_level=level)
+        with torch.no_grad():
+            codec.synthesis.weight.normal_(std=0.5)  # a trained-looking map: slopes far from 0
+        z = torch.randn(2, codec.latent_dim, 40)
+        masks[level] = (codec.mask(z, spec), codec.mask(z, spec * tilt))
+    assert torch.allclose(*masks["bin_floor"], atol=1e-5)
+    assert not torch.allclose(*masks["item_mean"], atol=1e-2)
+    with pytest.raises(ValueError, match="gate_level"):
+        STFTCodec(gate_level="loudness")

@@ -68,6 +68,8 @@ class STFTCodec(nn.Module):
         mask: str = "gate",
         mask_bound: float = 1.0,
         mask_init: float = 0.5,
+        gate_level: str = "item_mean",
+        gate_floor_quantile: float = 0.1,
         weights: str | None = None,
     ):
         super().__init__()
@@ -80,6 +82,11 @@ class STFTCodec(nn.Module):
             raise ValueError(f"mask_init={mask_init} must lie in (0, mask_bound={mask_bound})")
         if mask not in ("complex", "gate"):
             raise ValueError(f"mask={mask!r}: use 'complex' or 'gate'")
+        if gate_level not in ("item_mean", "bin_floor"):
+            raise ValueError(f"gate_level={gate_level!r}: use 'item_mean' or 'bin_floor'")
+        if not 0.0 <= gate_floor_quantile < 1.0:
+            raise ValueError(f"gate_floor_quantile={gate_floor_quantile} must lie in [0, 1)")
+        self.gate_level, self.gate_floor_quantile = gate_level, float(gate_floor_quantile)
         self.mask_type = mask
         self.sample_rate = sample_rate
         self.n_fft, self.hop_length, self.latent_dim = n_fft, hop_length, latent_dim
@@ -140,7 +147,15 @@ class STFTCodec(nn.Module):
             # Wiener-like gains are functions of a bin's level against a noise floor; a linear
             # map from a frame vector to 257 per-bin gains would have to learn that per bin.
             level = torch.log10(spec.abs().square() + 1e-10)
-            level = level - level.mean(dim=(1, 2), keepdim=True)
+            if self.gate_level == "item_mean":
+                level = level - level.mean(dim=(1, 2), keepdim=True)
+            else:
+                # Each bin against its own floor over the item's frames (a low quantile: the
+                # minimum-statistics noise estimate of Martin, "Noise power spectral density
+                # estimation based on optimal smoothing and minimum statistics", IEEE TSAP 2001),
+                # i.e. an a posteriori SNR, the variable of Wiener-type gains. Against the item's
+                # mean instead, the quiet high bins of speech look like noise whatever the SNR.
+                level = level - torch.quantile(level, self.gate_floor_quantile, dim=2, keepdim=True)
             return self.mask_bound * torch.sigmoid(p[..., 0] + p[..., 1] * level)
         m = torch.view_as_complex(p.contiguous())
         magnitude = m.abs()
