@@ -290,3 +290,28 @@ def test_datamodule_simulated_validation_and_stage3_requirement(tmp_path):
     dm.stage = 3
     with pytest.raises(CorpusError, match="noisy_train_dir"):
         dm.train_dataloader()
+
+
+def test_speed_perturbation_moves_pitch_and_keeps_length(tmp_path):
+    """A 400 Hz tone drawn at speed factor f comes out at 400 f Hz, num_samples long; the draw
+    is reproducible, and without `speed` nothing extra is drawn (items stay as they were)."""
+    (tmp_path / "tone").mkdir()
+    t = np.arange(3 * SR) / SR
+    sf.write(tmp_path / "tone" / "a.wav", 0.5 * np.sin(2 * np.pi * 400 * t), SR)
+    corpus = AudioCorpus(tmp_path / "tone", SR, min_samples=1)
+    n = SR // 2
+    peaks = []
+    for seed in range(6):
+        seg = corpus.random_segment(n, torch.Generator().manual_seed(seed), speed=(0.8, 1.2))
+        assert seg.shape == (1, n)
+        again = corpus.random_segment(n, torch.Generator().manual_seed(seed), speed=(0.8, 1.2))
+        assert torch.equal(seg, again)
+        g = torch.Generator().manual_seed(seed)
+        factor = int(torch.randint(80, 121, (1,), generator=g)) / 100
+        spectrum = np.abs(np.fft.rfft(seg[0].numpy() * np.hanning(n)))
+        peak = np.argmax(spectrum) * SR / n
+        assert peak == pytest.approx(400 * factor, abs=2 * SR / n)
+        peaks.append(peak)
+    assert len(set(peaks)) > 2  # the factor varies with the draw
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(corpus.random_segment(n, g1), corpus.random_segment(n, g2, speed=None))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchaudio.functional as AF
 from einops import repeat
 
 from ..audio import AudioFileError, CorpusError, audio_info, find_audio_files, load_audio
@@ -79,9 +80,20 @@ class AudioCorpus:
         """(1, T) waveform of file i."""
         return self._cache[i] if self._cache is not None else load_audio(self._files[i], self.sample_rate)
 
-    def random_segment(self, num_samples: int, generator: torch.Generator, loop: bool = False) -> torch.Tensor:
+    def random_segment(self, num_samples: int, generator: torch.Generator, loop: bool = False,
+                       speed: tuple[float, float] | None = None) -> torch.Tensor:
         """(1, num_samples) crop of a random file; shorter files are tiled (loop) or zero-padded
-        at a random offset. All randomness comes from `generator`, for reproducible items."""
+        at a random offset. All randomness comes from `generator`, for reproducible items.
+
+        `speed=(lo, hi)`: speed perturbation (Ko et al., "Audio augmentation for speech
+        recognition", Interspeech 2015) by a factor drawn uniformly from [lo, hi] in steps of
+        0.01: a crop of factor * num_samples samples resampled to num_samples, which moves pitch
+        and formants together, so a prior of few voices covers more of them."""
+        factor = 1.0
+        if speed is not None:
+            lo, hi = round(100 * speed[0]), round(100 * speed[1])
+            factor = int(torch.randint(lo, hi + 1, (1,), generator=generator)) / 100
+        n = round(num_samples * factor)
         while True:
             if not self._files:
                 raise CorpusError(self.root, f"every file of {self.name} failed to load")
@@ -93,7 +105,11 @@ class AudioCorpus:
                 self._skip(self._files[i], e.problem)
                 del self._files[i], self._lengths[i]
                 continue
-            return _fit(wav, num_samples, generator, loop)
+            segment = _fit(wav, n, generator, loop)
+            if factor != 1.0:
+                segment = AF.resample(segment, round(100 * factor), 100)[:, :num_samples]
+                segment = F.pad(segment, (0, num_samples - segment.shape[-1]))
+            return segment
 
     def summary(self) -> str:
         return (f"{self.name}: {len(self)} files ({self.total_seconds:.1f} s) from {self.root}; "

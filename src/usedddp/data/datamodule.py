@@ -57,7 +57,8 @@ class USEDataModule(L.LightningDataModule):
                  val_noisy_dir: str | None = None, val_clean_dir: str | None = None, val_clips: int = 8,
                  val_max_seconds: float = 4.0, snr_db: tuple = (-5, 15), level_db: tuple = (-35, -15),
                  train_length: int = 100000, min_seconds: float = 0.1, preload: bool = True, seed: int = 0,
-                 stage: int = 1, root: str | None = None, domain: str | None = None):
+                 stage: int = 1, root: str | None = None, domain: str | None = None,
+                 prior_speed_perturb: tuple | None = None):
         super().__init__()
         # root only serves config interpolation (${data.root}/...); domain labels the noisy data in logs.
         self.root, self.domain = root, domain
@@ -70,6 +71,8 @@ class USEDataModule(L.LightningDataModule):
         self.snr_db, self.level_db = tuple(map(float, snr_db)), tuple(map(float, level_db))
         self.train_length, self.min_seconds = int(train_length), float(min_seconds)
         self.preload, self.seed, self.stage = bool(preload), int(seed), int(stage)
+        # Speed perturbation of the clean-prior draws (stages 1-3; not of validation).
+        self.prior_speed_perturb = None if prior_speed_perturb is None else tuple(map(float, prior_speed_perturb))
         self._corpora: dict[str, AudioCorpus] = {}
         self._val_plan: _ValPlan | None = None
         self._val_set = None
@@ -188,11 +191,11 @@ class USEDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.stage in (1, 2):
             dataset = SimulatedMixtures(self.prior, self.noise, self.num_samples, self.snr_db, self.level_db,
-                                        self.train_length, self.seed)
+                                        self.train_length, self.seed, speed=self.prior_speed_perturb)
             return self._loader(dataset, collate_simulated, self.batch_size, True, self.num_workers)
         if self.stage == 3:
             dataset = UnpairedNoisy(self.noisy_train, self.prior, self.noise, self.num_samples, self.level_db,
-                                    self.train_length, self.seed)
+                                    self.train_length, self.seed, speed=self.prior_speed_perturb)
             return self._loader(dataset, collate_unpaired, self.batch_size, True, self.num_workers)
         raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
 
