@@ -163,3 +163,32 @@ def test_scale_anchor_is_zero_at_unit_scales_and_grows_away_from_them():
     assert scale_anchor_loss(ones, ones).item() == pytest.approx(0.0, abs=1e-6)
     assert scale_anchor_loss(2 * ones, ones) > scale_anchor_loss(1.1 * ones, ones) > 0
     assert scale_anchor_loss(0.5 * ones, ones).item() == pytest.approx(scale_anchor_loss(2 * ones, ones).item(), rel=1e-3)
+
+
+def test_thresholded_sisdr_matches_dac_far_below_the_threshold_and_saturates_at_it(loss):
+    from usedddp.losses.reconstruction import thresholded_si_sdr_loss
+
+    x, other = signals()
+    estimate = x + 0.3 * other
+    assert thresholded_si_sdr_loss(estimate, x, 200.0).item() == pytest.approx(loss(estimate, x)["sisdr"].item(), abs=1e-3)
+    # Soft threshold (Wisdom et al. 2020): the loss of x against itself is -max_db, not -inf/-80.
+    assert thresholded_si_sdr_loss(x, x.clone(), 30.0).item() == pytest.approx(-30.0, abs=1e-3)
+    thresholded = ReconstructionLoss(sample_rate=SR, mel_window_lengths=(64, 256), n_mels=(10, 40),
+                                     stft_window_lengths=(256, 128), sisdr_max_db=30.0)
+    assert thresholded(x, x.clone())["sisdr"].item() == pytest.approx(-30.0, abs=1e-3)
+
+
+def test_thresholded_sisdr_gradient_stays_bounded_as_the_error_vanishes():
+    """DAC's SI-SDR gradient grows as 1/|error|; the thresholded one shrinks with the error."""
+    from usedddp.losses.reconstruction import thresholded_si_sdr_loss
+
+    x, other = signals()
+
+    def grad_norm(eps, max_db):
+        est = (x + eps * other).requires_grad_(True)
+        loss = thresholded_si_sdr_loss(est, x, max_db)
+        loss.backward()
+        return est.grad.norm().item()
+
+    assert grad_norm(1e-4, 200.0) > 50 * grad_norm(1e-2, 200.0)  # unthresholded: grows as 1/|e|
+    assert grad_norm(1e-4, 30.0) < grad_norm(1e-2, 30.0)  # thresholded: vanishes past 30 dB

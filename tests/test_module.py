@@ -415,3 +415,24 @@ def test_nan_on_first_step_only(make_module, tmp_path):
     assert module.skipped_steps["g"] == 1
     assert all(torch.isfinite(p).all() for p in module.generator.parameters())
     assert n_changed(module.generator, g_before) > 0  # the second step did update
+
+
+def test_stage3_prior_mixture_supervises_the_prior_draws_only(make_module):
+    """The optional stage-3 term (stage3_prior_mixture > 0) is supervised on the sum of the
+    batch's own prior draws; it reads no field stage 3 may not see and is weighted as a fraction
+    of the stage-2 weights. Off (0), stage 3 computes no such term."""
+    module = make_module(stage3_prior_mixture=0.25)
+    module.stage = 3
+    _, _, g_terms = stage_computation(module, StrictBatch(simulated()))
+    prior_mix = {k for k in g_terms if k.startswith("g/prior_mix/")}
+    assert prior_mix == {f"g/prior_mix/{s}/{t}" for s in ("clean", "noise") for t in ("mel", "stft", "sisdr")}
+    assert module.loss_weights["g/prior_mix/clean/mel"] == pytest.approx(0.25 * module.loss_weights["g/clean/mel"])
+    assert torch.isfinite(weighted_total(module, g_terms))
+    for stage in (1, 2):  # stages 1-2 have true targets: the term is stage 3's alone
+        module.stage = stage
+        _, _, g_terms = stage_computation(module, simulated())
+        assert not [k for k in g_terms if k.startswith("g/prior_mix/")]
+    off = make_module()
+    off.stage = 3
+    _, _, g_terms = stage_computation(off, StrictBatch(simulated()))
+    assert not [k for k in g_terms if k.startswith("g/prior_mix/")]

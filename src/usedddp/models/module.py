@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from usedddp.losses.adversarial import discriminator_loss, feature_matching_loss, generator_loss
 from usedddp.losses.reconstruction import ReconstructionLoss, scale_anchor_loss
-from usedddp.metrics import dnsmos, estoi, pesq_wb, si_sdr
+from usedddp.metrics import band_level_db, band_si_sdr, dnsmos, estoi, pesq_wb, si_sdr
 from usedddp.models.components.discriminator import DiscriminatorOutput
 from usedddp.models.generator import Generator, GeneratorOutput
 
@@ -63,6 +63,7 @@ class USEDDPModule(L.LightningModule):
         full_metrics_every_n_val: int = 5,
         val_dnsmos: bool = True,
         sample_rate: int = 16000,
+        stage3_prior_mixture: float = 0.0,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -77,6 +78,13 @@ class USEDDPModule(L.LightningModule):
         if unknown:
             raise ValueError(f"unknown loss weight keys {sorted(unknown)}; known: {LOSS_KEYS}")
         self.loss_weights = {key: float(loss_weights.get(key, 0.0)) for key in LOSS_KEYS}
+        # Not the paper's stage 3 (which has no supervised term): the stage-3 batch already holds
+        # independent clean- and noise-prior draws; their sum is a simulated mixture whose sources
+        # are known, supervised as in stage 2 at this fraction of stage 2's weights. It reads no
+        # clean target of the real noisy recordings. 0 turns it off.
+        self.stage3_prior_mixture = float(stage3_prior_mixture)
+        for key in PRIOR_MIX_KEYS:
+            self.loss_weights[key] = self.stage3_prior_mixture * self.loss_weights[key.replace("prior_mix/", "")]
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
         self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
         self.grad_clip_val = grad_clip_val
@@ -170,6 +178,12 @@ class USEDDPModule(L.LightningModule):
         for stream in spec.targets:
             for name, value in self.reconstruction(fakes[stream], getattr(batch, stream)).items():
                 terms[f"g/{stream}/{name}"] = value
+        if self.stage == 3 and self.stage3_prior_mixture > 0:
+            sources = {"clean": batch.clean_prior, "noise": batch.noise_prior}
+            simulated = self.generator(sources["clean"] + sources["noise"], streams=spec.streams)
+            for stream, target in sources.items():
+                for name, value in self.reconstruction(getattr(simulated, stream), target).items():
+                    terms[f"g/prior_mix/{stream}/{name}"] = value
         if spec.mixture:
             for name, value in self.reconstruction(out.reconstruction, batch.noisy).items():
                 terms[f"g/mix/{name}"] = value
@@ -241,6 +255,10 @@ class USEDDPModule(L.LightningModule):
             row["alpha"], row["beta"] = float(out.alpha[i]), float(out.beta[i])
             if ref is not None:
                 row["si_sdr"] = si_sdr(clean, ref)
+                # Whether the clean stream keeps speech above 4 kHz (a low-pass split scores
+                # well on full-band SI-SDR and PESQ); NaN for a reference with no such band.
+                row["hf_level"] = band_level_db(clean, ref, self.sample_rate)
+                row["hf_si_sdr"] = band_si_sdr(clean, ref, self.sample_rate)
                 if full:
                     row["estoi"], row["pesq_wb"] = estoi(clean, ref, self.sample_rate), pesq_wb(clean, ref, self.sample_rate)
             if with_dnsmos:
@@ -254,11 +272,13 @@ class USEDDPModule(L.LightningModule):
         cache = self._input_cache.setdefault(name, {})
         if ref is not None and "input/si_sdr" not in cache:
             cache["input/si_sdr"] = si_sdr(noisy, ref)
+            cache["input/hf_level"] = band_level_db(noisy, ref, self.sample_rate)
+            cache["input/hf_si_sdr"] = band_si_sdr(noisy, ref, self.sample_rate)
         if ref is not None and full and "input/estoi" not in cache:
             cache["input/estoi"], cache["input/pesq_wb"] = estoi(noisy, ref, self.sample_rate), pesq_wb(noisy, ref, self.sample_rate)
         if with_dnsmos and "input/dnsmos/ovrl" not in cache:
             cache.update({f"input/dnsmos/{k}": v for k, v in dnsmos(noisy, self.sample_rate).items()})
-        wanted = ["input/si_sdr"] * (ref is not None) + ["input/estoi", "input/pesq_wb"] * (ref is not None and full)
+        wanted = ["input/si_sdr", "input/hf_level", "input/hf_si_sdr"] * (ref is not None) + ["input/estoi", "input/pesq_wb"] * (ref is not None and full)
         wanted += [f"input/dnsmos/{k}" for k in ("sig", "bak", "ovrl", "p808")] * with_dnsmos
         return {key: cache[key] for key in wanted}
 
@@ -323,3 +343,6 @@ LOSS_KEYS = tuple(
     + [f"vq/{s}/{t}" for s in ("clean", "noise") for t in ("commitment", "codebook")]
     + [f"adv/{e}/{t}" for e in ENSEMBLES for t in ("gen", "feat")]
 )
+# Stage 3's optional supervised term on the prior draws' own mixture; weighted by
+# stage3_prior_mixture times the stage-2 weight of the same term (g/clean/mel, ...).
+PRIOR_MIX_KEYS = tuple(f"g/prior_mix/{s}/{t}" for s in ("clean", "noise") for t in ("mel", "stft", "sisdr"))
