@@ -100,6 +100,19 @@ class Run:
     def stage(self) -> int | None:
         return ((self.summary or {}).get("provenance", {}).get("checkpoint") or {}).get("stage")
 
+    @property
+    def audit_warnings(self) -> list[str] | None:
+        """The corpus audit's warnings at the run's start ("bandwidth (prior)", ...), from its
+        training summary.json; None for a run trained before the audit existed."""
+        path = self.dir / "summary.json"
+        try:
+            audit = json.loads(path.read_text()).get("audit") if path.is_file() else None
+        except (OSError, ValueError):
+            return None
+        if not audit:
+            return None
+        return [f"{w['kind']} ({w['corpus']})" for w in audit.get("warnings", [])]
+
 
 # --------------------------------------------------------------------------------------------
 # Finding runs
@@ -263,12 +276,12 @@ def common_metrics(runs: list[Run]) -> list[str]:
 def _row(run: Run | None, table_row: dict, metrics: list[str], **extra) -> dict:
     if run is None:
         head = {"label": NOISY, "system": NOISY, "prior": None, "prior_domain": None, "in_domain": None,
-                "stage": None, "codec": None, "run_dir": None}
+                "stage": None, "codec": None, "run_dir": None, "audit": None}
     else:
         prior = run.clean_prior
         head = {"label": run.label, "system": table_row.get("system"), "prior": prior.get("name"),
                 "prior_domain": prior.get("domain"), "in_domain": run.in_domain, "stage": run.stage,
-                "codec": run.codec, "run_dir": str(run.dir)}
+                "codec": run.codec, "run_dir": str(run.dir), "audit": run.audit_warnings}
     row = {**extra, **head, "files": table_row.get("files")}
     for metric in metrics:
         stat = table_row.get(metric)
@@ -336,6 +349,12 @@ def display_label(row: dict) -> str:
     return f"{row['label']} (in-domain)" if row.get("in_domain") else str(row["label"])
 
 
+def _warnings(audit: list[str] | None) -> str:
+    if audit is None:
+        return "–"
+    return ", ".join(audit) or "none"
+
+
 def _yes_no(flag) -> str:
     return "–" if flag is None else "**yes**" if flag else "no"
 
@@ -357,13 +376,13 @@ def markdown(rows: list[dict], metrics: str | list[str] = "main", condition: str
     else:
         chosen = [m for m in metrics if m in present]
     head = ([condition] if condition else []) + ["run", "clean prior", "in-domain", "stage", "codec", "files"]
-    head += [HEADERS[m] for m in chosen]
+    head += [HEADERS[m] for m in chosen] + ["audit warnings"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for row in rows:
         cells = ([str(row[condition])] if condition else []) + [
             display_label(row), row["prior"] or "–", _yes_no(row["in_domain"]),
             "–" if row["stage"] is None else str(row["stage"]), row["codec"] or "–", str(row["files"] or "–")]
-        cells += [_fmt(row[m]) for m in chosen]
+        cells += [_fmt(row[m]) for m in chosen] + [_warnings(row.get("audit"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
