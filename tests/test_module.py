@@ -432,7 +432,7 @@ def test_stage3_prior_mixture_supervises_the_prior_draws_only(make_module):
         module.stage = stage
         _, _, g_terms = stage_computation(module, simulated())
         assert not [k for k in g_terms if k.startswith("g/prior_mix/")]
-    off = make_module()
+    off = make_module(stage3_prior_mixture=0.0)
     off.stage = 3
     _, _, g_terms = stage_computation(off, StrictBatch(simulated()))
     assert not [k for k in g_terms if k.startswith("g/prior_mix/")]

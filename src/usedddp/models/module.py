@@ -257,8 +257,9 @@ class USEDDPModule(L.LightningModule):
                 row["si_sdr"] = si_sdr(clean, ref)
                 # Whether the clean stream keeps speech above 4 kHz (a low-pass split scores
                 # well on full-band SI-SDR and PESQ); NaN for a reference with no such band.
-                row["hf_level"] = band_level_db(clean, ref, self.sample_rate)
-                row["hf_si_sdr"] = band_si_sdr(clean, ref, self.sample_rate)
+                if self.sample_rate >= 16000:
+                    row["hf_level"] = band_level_db(clean, ref, self.sample_rate)
+                    row["hf_si_sdr"] = band_si_sdr(clean, ref, self.sample_rate)
                 if full:
                     row["estoi"], row["pesq_wb"] = estoi(clean, ref, self.sample_rate), pesq_wb(clean, ref, self.sample_rate)
             if with_dnsmos:
@@ -272,13 +273,15 @@ class USEDDPModule(L.LightningModule):
         cache = self._input_cache.setdefault(name, {})
         if ref is not None and "input/si_sdr" not in cache:
             cache["input/si_sdr"] = si_sdr(noisy, ref)
-            cache["input/hf_level"] = band_level_db(noisy, ref, self.sample_rate)
-            cache["input/hf_si_sdr"] = band_si_sdr(noisy, ref, self.sample_rate)
+            if self.sample_rate >= 16000:  # the 4-8 kHz band exists
+                cache["input/hf_level"] = band_level_db(noisy, ref, self.sample_rate)
+                cache["input/hf_si_sdr"] = band_si_sdr(noisy, ref, self.sample_rate)
         if ref is not None and full and "input/estoi" not in cache:
             cache["input/estoi"], cache["input/pesq_wb"] = estoi(noisy, ref, self.sample_rate), pesq_wb(noisy, ref, self.sample_rate)
         if with_dnsmos and "input/dnsmos/ovrl" not in cache:
             cache.update({f"input/dnsmos/{k}": v for k, v in dnsmos(noisy, self.sample_rate).items()})
-        wanted = ["input/si_sdr", "input/hf_level", "input/hf_si_sdr"] * (ref is not None) + ["input/estoi", "input/pesq_wb"] * (ref is not None and full)
+        wanted = ["input/si_sdr"] * (ref is not None) + ["input/hf_level", "input/hf_si_sdr"] * (ref is not None and self.sample_rate >= 16000)
+        wanted += ["input/estoi", "input/pesq_wb"] * (ref is not None and full)
         wanted += [f"input/dnsmos/{k}" for k in ("sig", "bak", "ovrl", "p808")] * with_dnsmos
         return {key: cache[key] for key in wanted}
 
