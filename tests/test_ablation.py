@@ -104,8 +104,9 @@ def test_multirun_evaluated_and_tabulated(sweep):
     assert all(r["si_sdr"] is not None and r["pesq_wb"] is not None for r in rows)
     assert all(r["hf_si_sdr"] is not None and r["hf_level"] is not None for r in rows)  # the 4-8 kHz band measures
     assert "dnsmos_ovrl" not in rows[0]  # dnsmos=false: not scored, not a column
-    # The corpus audit each run made at its start: neither wideband prior draws a warning.
-    assert [r["audit"] for r in rows] == [None, [], []]
+    # The corpus audit each run made at its start: the one-voice prior does not cover the male test
+    # voice; the in-domain prior (the test speakers themselves) draws no warning.
+    assert [r["audit"] for r in rows] == [None, ["voice_range (prior)"], []]
 
     # The script printed the same table, the in-domain run flagged, then the per-SNR table.
     printed = _table_lines(evaluate.stdout)
@@ -114,7 +115,9 @@ def test_multirun_evaluated_and_tabulated(sweep):
     assert printed["prior=demo"][1:3] == ["demo", "no"]
     assert "Per snr_db:" in evaluate.stdout
     assert "| SI-SDR 4-8k (dB) | level 4-8k (dB) |" in evaluate.stdout
-    assert printed["prior=demo"][-1] == "none" and printed["noisy"][-1] == "–"  # the audit warnings column
+    # The audit warnings column.
+    assert printed["prior=demo"][-1] == "voice_range (prior)" and printed["prior=demo_matched (in-domain)"][-1] == "none"
+    assert printed["noisy"][-1] == "–"
 
     by_snr = ablation.condition_table(runs, "snr_db")
     assert [(r["snr_db"], r["label"]) for r in by_snr] == [(snr, label) for snr in ("0", "15") for label in LABELS]

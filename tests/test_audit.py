@@ -25,6 +25,7 @@ from usedddp.assets import DEMO_ROOT
 from usedddp.audio import CorpusError, load_audio
 from usedddp.audit import (
     AuditSettings,
+    median_f0_hz,
     active_level_db,
     audit_config,
     audit_corpora,
@@ -39,7 +40,8 @@ from usedddp.audit import (
 )
 
 SR = 16000
-KINDS = {"bandwidth", "noise_floor", "speech_in_noise_prior", "sample_rate", "too_short", "snr_range", "level", "no_speech"}
+KINDS = {"bandwidth", "noise_floor", "speech_in_noise_prior", "sample_rate", "too_short", "snr_range", "level", "no_speech",
+         "voice_range"}
 # The cleanest demo test reference (WADA-SNR 31 dB on its own), for known-SNR mixtures.
 CLEAN_FILE = DEMO_ROOT / "clean_testset" / "el_Kiriaki_Serafeim__animals__mammals__bovines__sheep_lamb_desc_el.flac"
 TIMEOUT_S = 300
@@ -337,3 +339,27 @@ def test_training_runs_the_audit_unless_disabled(folders, caplog):
 def test_training_audit_raises_for_a_missing_folder(tmp_path, folders):
     with pytest.raises(CorpusError, match="does not exist"):
         usedddp.train._audit(_compose("train", *_overrides(folders, f"prior.dir={tmp_path / 'nope'}")))
+
+
+def test_median_f0_of_harmonic_voices():
+    """A voice's register from its loud frames: harmonic tones at 120 and 240 Hz (a male and a
+    female register), with quiet noise between them that must not count."""
+    t = np.arange(16000) / 16000
+    for f0 in (120.0, 240.0):
+        voiced = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 6))
+        x = np.concatenate([0.3 * voiced, 1e-3 * np.random.default_rng(0).standard_normal(8000)])
+        assert median_f0_hz(x, 16000, active_level_db(x, 16000)) == pytest.approx(f0, rel=0.05)
+
+
+def test_one_voice_prior_warns_that_it_does_not_cover_the_data_voices():
+    """The wideband demo prior (one female voice) against the demo data (two female voices and a
+    male one): a `voice_range` warning naming the uncovered share, and no bandwidth or floor
+    warning; the in-domain prior (the test speakers themselves) covers them."""
+    report = audit_config(_compose("audit", "prior=demo", "data=demo", "output=unused"))
+    warnings = {(w["kind"], w["corpus"]): w for w in report["warnings"]}
+    assert ("voice_range", "prior") in warnings, report["warnings"]
+    assert not {"bandwidth", "noise_floor"} & {kind for kind, _ in warnings}
+    voices = report["comparisons"]["prior_voices"]
+    assert voices["data_outside_share"] > 0.25 and voices["speed_perturb"] == [0.8, 1.2]
+    matched = audit_config(_compose("audit", "prior=demo_matched", "data=demo", "output=unused"))
+    assert "voice_range" not in {w["kind"] for w in matched["warnings"]}

@@ -116,6 +116,18 @@ LOW_LEVEL_DBFS = -55.0
 NOISE_BANDWIDTH_RATIO = 0.8
 NOISE_MIN_SECONDS = 2.0  # speech-free seconds of the noisy data needed to estimate its noise
 
+# Voices: a file's F0 is the median pitch (torchaudio's NCCF detector, 60-400 Hz) of its 20 ms
+# frames within F0_FRAME_DB of its active level. The prior covers the files' median F0 from its
+# 5th to 95th percentile, stretched by the speed perturbation of training and by VOICE_MARGIN;
+# more than VOICE_SHARE of the data's (or test's) files outside is a `voice_range` warning. On the
+# demo corpus: the one-voice wideband prior's files lie at 214-263 Hz, the male test voice's at
+# 110-150 Hz, and a model trained on that prior removed noise for the female test voices and
+# damaged the male one (README, the clean prior).
+F0_FRAME_DB = -15.0
+F0_RANGE_HZ = (60.0, 400.0)
+VOICE_MARGIN = 0.1
+VOICE_SHARE = 0.2
+
 THRESHOLDS = {
     "bandwidth_drop_db": BANDWIDTH_DROP_DB, "band_limited_fraction_of_nyquist": BAND_LIMITED_FRACTION,
     "band_limited_share_gap": BAND_LIMITED_SHARE_GAP, "gated_floor_db": GATED_FLOOR_DB,
@@ -125,7 +137,7 @@ THRESHOLDS = {
     "prior_speech_share": PRIOR_SPEECH_SHARE, "short_file_share": SHORT_FILE_SHARE,
     "snr_range_margin_db": SNR_RANGE_MARGIN_DB, "low_level_dbfs": LOW_LEVEL_DBFS,
     "noise_bandwidth_ratio": NOISE_BANDWIDTH_RATIO, "noise_min_seconds": NOISE_MIN_SECONDS,
-    "vad_threshold": VAD_THRESHOLD,
+    "vad_threshold": VAD_THRESHOLD, "f0_frame_db": F0_FRAME_DB, "voice_margin": VOICE_MARGIN, "voice_share": VOICE_SHARE,
 }
 
 
@@ -346,6 +358,7 @@ class _File:
     psd: np.ndarray = field(default_factory=lambda: np.zeros(0))
     bandwidth_hz: float = float("nan")
     wada_snr_db: float = float("nan")
+    f0_hz: float = float("nan")  # median F0 of the loud frames (speech corpora)
     speech: np.ndarray | None = None  # VAD decision per 32 ms chunk
     noise_psd: np.ndarray | None = None  # summed power of the speech-free LTAS frames
     noise_frames: int = 0
@@ -433,7 +446,25 @@ def _measure(f: _File, wav: np.ndarray, sample_rate: int, speech: bool) -> _File
     f.bandwidth_hz = bandwidth_hz(f.psd, sample_rate)
     if speech:
         f.wada_snr_db = wada_snr_db(wav)
+        f.f0_hz = median_f0_hz(wav, sample_rate, f.level_db)
     return f
+
+
+def median_f0_hz(x: np.ndarray, sample_rate: int, level_db: float) -> float:
+    """Median pitch of the 20 ms frames within F0_FRAME_DB of the active level `level_db`
+    (torchaudio's normalised cross-correlation detector, median-smoothed over 15 frames); NaN for
+    a file too short or too quiet. A voice's register, not a pitch track: enough to tell whose
+    voices a corpus holds."""
+    import torchaudio.functional as AF
+
+    if len(x) < sample_rate // 5:
+        return float("nan")
+    f0 = AF.detect_pitch_frequency(torch.from_numpy(np.ascontiguousarray(x, np.float32)), sample_rate, frame_time=0.02,
+                                   win_length=15, freq_low=int(F0_RANGE_HZ[0]), freq_high=int(F0_RANGE_HZ[1])).numpy()
+    hop = len(x) // len(f0)
+    energy = 10 * np.log10(np.mean(x[: hop * len(f0)].reshape(len(f0), hop) ** 2, axis=1) + 1e-20)
+    loud = energy > level_db + F0_FRAME_DB
+    return float(np.median(f0[loud])) if loud.any() else float("nan")
 
 
 def _speech_free_spectrum(wav: np.ndarray, speech: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
@@ -489,6 +520,8 @@ def _summarise(folder: Path, files: list[_File], skipped: list[str], found: int,
         "silent_frames": round(float(np.mean(frames <= SILENCE_DB)), 4) if len(frames) else None,
         "dynamic_range_db": _stats(spans, 50),
         "wada_snr_db": _stats([f.wada_snr_db for f in files], 10, 50, 90) if speech else {},
+        "f0_hz": _stats([f.f0_hz for f in files], 5, 50, 95) if speech else {},
+        "file_f0_hz": sorted(round(f.f0_hz, 1) for f in files if math.isfinite(f.f0_hz)) if speech else [],
     }
     if segment_seconds:
         out["files_shorter_than_segment"] = sum(f.seconds < segment_seconds for f in files)
@@ -516,7 +549,8 @@ def _summarise(folder: Path, files: list[_File], skipped: list[str], found: int,
 
 
 def audit_corpora(dirs: dict[str, str | Path | None], sample_rate: int, settings: AuditSettings | None = None, *,
-                  segment_seconds: float | None = None, snr_db: tuple[float, float] | None = None) -> dict:
+                  segment_seconds: float | None = None, snr_db: tuple[float, float] | None = None,
+                  prior_speed: tuple[float, float] | None = None) -> dict:
     """Audit the folders named by corpus (`prior`, `noise`, `data`, `test`; None: absent) and
     compare them. Returns the audit.json document."""
     settings = settings or AuditSettings()
@@ -527,7 +561,7 @@ def audit_corpora(dirs: dict[str, str | Path | None], sample_rate: int, settings
             continue
         corpora[name], _ = audit_corpus(dirs[name], sample_rate, settings, stream=stream, speech=name in SPEECH_CORPORA,
                                         segment_seconds=segment_seconds if name in ("prior", "data") else None)
-    comparisons, warnings = compare(corpora, sample_rate, snr_db)
+    comparisons, warnings = compare(corpora, sample_rate, snr_db, prior_speed)
     return {
         "corpora": corpora,
         "comparisons": comparisons,
@@ -536,13 +570,14 @@ def audit_corpora(dirs: dict[str, str | Path | None], sample_rate: int, settings
             "sample_rate": sample_rate, **asdict(settings),
             "vad": f"silero-vad {_vad().version} (ONNX, in its wheel)" if settings.vad else None,
             "segment_seconds": segment_seconds, "snr_db": list(snr_db) if snr_db else None,
+            "prior_speed_perturb": list(prior_speed) if prior_speed else None,
             "thresholds": THRESHOLDS,
         },
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
 
 
-def compare(corpora: dict[str, dict], sample_rate: int, snr_db=None) -> tuple[dict, list[AuditWarning]]:
+def compare(corpora: dict[str, dict], sample_rate: int, snr_db=None, prior_speed=None) -> tuple[dict, list[AuditWarning]]:
     """Prior against data (and test), noise prior against the data's speech-free frames, and each
     corpus against the model: the deltas, and a warning for each beyond its threshold."""
     warnings: list[AuditWarning] = []
@@ -577,6 +612,10 @@ def compare(corpora: dict[str, dict], sample_rate: int, snr_db=None) -> tuple[di
         rows = {name: _prior_row(prior, ref) for name, ref in refs.items()}
         comparisons.update({f"prior_vs_{name}": row for name, row in rows.items()})
         warnings += _prior_warnings(prior, refs, rows, nyquist)
+        voices = _voice_range(prior, refs, prior_speed)
+        if voices is not None:
+            comparisons["prior_voices"], warning = voices
+            warnings += [warning] if warning else []
         share = prior.get("speech_frames")
         if share is not None and share < PRIOR_SPEECH_SHARE:
             warnings.append(AuditWarning(
@@ -665,6 +704,37 @@ def _prior_warnings(prior: dict, refs: dict[str, dict], rows: dict[str, dict], n
     return out
 
 
+def _voice_range(prior: dict, refs: dict[str, dict], speed) -> tuple[dict, AuditWarning | None] | None:
+    """The F0 range the clean prior covers (its files' 5th-95th percentile of median F0, times the
+    training speed perturbation, widened by VOICE_MARGIN) and the share of each reference's files
+    outside it; a `voice_range` warning past VOICE_SHARE."""
+    f0 = prior.get("f0_hz") or {}
+    if not f0 or not all(math.isfinite(f0.get(k, math.nan)) for k in ("p5", "p95")):
+        return None
+    lo_speed, hi_speed = (float(speed[0]), float(speed[1])) if speed else (1.0, 1.0)
+    lo, hi = f0["p5"] * lo_speed * (1 - VOICE_MARGIN), f0["p95"] * hi_speed * (1 + VOICE_MARGIN)
+    row = {"prior_f0_range_hz": [round(lo), round(hi)], "speed_perturb": [lo_speed, hi_speed]}
+    outside = {}
+    for name, ref in refs.items():
+        values = np.array(ref.get("file_f0_hz") or [])
+        if len(values):
+            outside[name] = (float(np.mean((values < lo) | (values > hi))), values[(values < lo) | (values > hi)])
+            row[f"{name}_outside_share"] = round(outside[name][0], 3)
+            row[f"{name}_median_f0_hz"] = ref["f0_hz"].get("median")
+    beyond = [n for n, (share, _) in outside.items() if share > VOICE_SHARE]
+    if not beyond:
+        return row, None
+    what = {"data": "the noisy training data", "test": "the test set's clean references"}
+    parts = [f"{outside[n][0]:.0%} of the files of {what[n]} (median F0 of those: {np.median(outside[n][1]):.0f} Hz)" for n in beyond]
+    stretched = f" stretched by the speed perturbation {lo_speed:g}-{hi_speed:g}" if speed else ""
+    return row, AuditWarning(
+        "voice_range", "prior",
+        f"{' and '.join(parts)} lie outside the voices of the clean prior (its files' median F0 spans {f0['p5']:.0f}-{f0['p95']:.0f} Hz, "
+        f"{lo:.0f}-{hi:.0f} Hz{stretched} and with a {VOICE_MARGIN:.0%} margin): the supervised stages learn those voices as "
+        f"not-speech and the clean discriminator calls them fake. Add speakers that cover the data's voices (or widen "
+        f"data.prior_speed_perturb).", max(outside[n][0] for n in beyond), VOICE_SHARE)
+
+
 def _prior_row(prior: dict, ref: dict) -> dict:
     p_bw, r_bw = prior["file_bandwidth_hz"].get("median"), ref["file_bandwidth_hz"].get("median")
     p_floor, r_floor = prior["floor_db"].get("median"), ref["floor_db"].get("median")
@@ -710,9 +780,11 @@ def audit_config(cfg: DictConfig) -> dict:
     """The audit of a composed training configuration (configs/train.yaml or audit.yaml)."""
     settings = settings_from(cfg.get("audit"))
     snr = OmegaConf.select(cfg, "data.snr_db", default=None)
+    speed = OmegaConf.select(cfg, "data.prior_speed_perturb", default=None)
     report = audit_corpora(corpus_dirs(cfg), int(cfg.data.sample_rate), settings,
                            segment_seconds=float(OmegaConf.select(cfg, "data.segment_seconds", default=0) or 0) or None,
-                           snr_db=tuple(map(float, snr)) if snr else None)
+                           snr_db=tuple(map(float, snr)) if snr else None,
+                           prior_speed=tuple(map(float, speed)) if speed else None)
     report["config"] = {name: {"name": str(cfg[name].name), "dir": str(cfg[name].dir), "domain": str(cfg[name].domain)}
                         for name in ("prior", "noise")}
     report["config"]["data"] = {"domain": str(cfg.data.domain), "noisy_train_dir": str(cfg.data.noisy_train_dir),
@@ -773,6 +845,7 @@ ROWS = (
     ("frames <= -60 dB re active", lambda c: _num(c["silent_frames"], "{:.1%}")),
     ("dynamic range p95-p10 (dB)", lambda c: _num(c["dynamic_range_db"].get("median"), "{:.1f}")),
     ("WADA-SNR median [p10, p90] (dB)", lambda c: _snr(c["wada_snr_db"])),
+    ("voice F0, files p5-p95 (Hz)", lambda c: "-" if not c.get("f0_hz") else f"{c['f0_hz']['median']:.0f} [{c['f0_hz']['p5']:.0f}, {c['f0_hz']['p95']:.0f}]"),
     ("speech frames (VAD)", lambda c: _num(c.get("speech_frames"), "{:.1%}")),
     ("skipped files", lambda c: f"{len(c['skipped'])}"),
 )
