@@ -122,6 +122,22 @@ def mix(speech: np.ndarray, noise: np.ndarray, snr_db: float, rng: np.random.Gen
     return noisy * gain, speech * gain
 
 
+def copy_prior(source: Path, out: Path, kind: str, pools: dict[str, list[dict]], seconds: float,
+               rng: np.random.Generator, manifest: list[dict]) -> None:
+    """Copy shuffled utterances of each speaker's pool into out/kind/<speaker>/ until the speaker
+    has seconds / len(pools) of them; one manifest row each."""
+    for spk, pool in pools.items():
+        total = 0.0
+        for r in shuffled(pool, rng):
+            if total >= seconds / len(pools):
+                break
+            dst = out / kind / spk / Path(r["path"]).name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / r["path"], dst)
+            total += float(r["duration_s"])
+            manifest.append(manifest_row(dst.relative_to(out).as_posix(), kind, float(r["duration_s"]), [r], spk))
+
+
 def build(source: Path, out: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     rows = list(csv.DictReader(open(source / "MANIFEST.csv", newline="")))
@@ -131,16 +147,8 @@ def build(source: Path, out: Path, seed: int) -> None:
             speech[speaker_of(r)].append(r)
     manifest = []
 
-    for spk in PRIOR_SPEAKERS:
-        total = 0.0
-        for r in shuffled([r for r in speech[spk] if float(r["duration_s"]) <= MAX_PRIOR_UTTERANCE_SECONDS], rng):
-            if total >= CLEAN_PRIOR_SECONDS / len(PRIOR_SPEAKERS):
-                break
-            dst = out / "clean_prior_bandlimited" / spk / Path(r["path"]).name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / r["path"], dst)
-            total += float(r["duration_s"])
-            manifest.append(manifest_row(dst.relative_to(out).as_posix(), "clean_prior_bandlimited", float(r["duration_s"]), [r], spk))
+    copy_prior(source, out, "clean_prior_bandlimited", {spk: [r for r in speech[spk] if float(r["duration_s"]) <= MAX_PRIOR_UTTERANCE_SECONDS]
+                                                      for spk in PRIOR_SPEAKERS}, CLEAN_PRIOR_SECONDS, rng, manifest)
 
     prior_noise, train_noise, test_noise = split_noise([r for r in rows if r["kind"] == "noise"], rng)
     fade = np.linspace(0.0, 1.0, round(FADE_SECONDS * SR))
@@ -184,34 +192,14 @@ def build(source: Path, out: Path, seed: int) -> None:
     # every file above is excluded, and the draw uses its own Generator so that the files above do
     # not depend on it.
     used = {p for r in manifest for p in r["derived_from"].split(";")}
-    matched_rng = np.random.default_rng([seed, 1])
-    for spk in NOISY_SPEAKERS:
-        total = 0.0
-        pool = [r for r in speech[spk] if r["path"] not in used
-                and MIN_PRIOR_UTTERANCE_SECONDS <= float(r["duration_s"]) <= MAX_PRIOR_UTTERANCE_SECONDS]
-        for r in shuffled(pool, matched_rng):
-            if total >= MATCHED_PRIOR_SECONDS / len(NOISY_SPEAKERS):
-                break
-            dst = out / "clean_prior_matched" / spk / Path(r["path"]).name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / r["path"], dst)
-            total += float(r["duration_s"])
-            manifest.append(manifest_row(dst.relative_to(out).as_posix(), "clean_prior_matched", float(r["duration_s"]), [r], spk))
-
+    usable = [r for rows_ in speech.values() for r in rows_
+              if MIN_PRIOR_UTTERANCE_SECONDS <= float(r["duration_s"]) <= MAX_PRIOR_UTTERANCE_SECONDS]
+    copy_prior(source, out, "clean_prior_matched", {spk: [r for r in usable if speaker_of(r) == spk and r["path"] not in used]
+                                                  for spk in NOISY_SPEAKERS}, MATCHED_PRIOR_SECONDS,
+               np.random.default_rng([seed, 1]), manifest)
     # The wideband clean prior (prior=demo): as much as the first prior held, from its own Generator.
-    wide_rng = np.random.default_rng([seed, 2])
-    for spk in WIDEBAND_PRIOR_SPEAKERS:
-        total = 0.0
-        pool = [r for r in speech[spk]
-                if MIN_PRIOR_UTTERANCE_SECONDS <= float(r["duration_s"]) <= MAX_PRIOR_UTTERANCE_SECONDS]
-        for r in shuffled(pool, wide_rng):
-            if total >= CLEAN_PRIOR_SECONDS / len(WIDEBAND_PRIOR_SPEAKERS):
-                break
-            dst = out / "clean_prior" / spk / Path(r["path"]).name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / r["path"], dst)
-            total += float(r["duration_s"])
-            manifest.append(manifest_row(dst.relative_to(out).as_posix(), "clean_prior", float(r["duration_s"]), [r], spk))
+    copy_prior(source, out, "clean_prior", {spk: [r for r in usable if speaker_of(r) == spk] for spk in WIDEBAND_PRIOR_SPEAKERS},
+               CLEAN_PRIOR_SECONDS, np.random.default_rng([seed, 2]), manifest)
 
     with open(out / "testset_conditions.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=("file", "speaker", "noise_file", "noise_category", "snr_db"))

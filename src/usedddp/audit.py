@@ -48,6 +48,7 @@ log = logging.getLogger("usedddp.audit")
 USAGE = "python -m usedddp.audit [prior=... noise=... data=... experiment=...] output=DIR [overwrite=true]"
 
 CORPORA = ("prior", "noise", "data", "test")
+REFERENCE_NAMES = {"data": "the noisy training data", "test": "the test set's clean references"}
 SPEECH_CORPORA = ("prior", "data", "test")
 
 # ---- measurement constants
@@ -660,7 +661,7 @@ def compare(corpora: dict[str, dict], sample_rate: int, snr_db=None, prior_speed
 def _prior_warnings(prior: dict, refs: dict[str, dict], rows: dict[str, dict], nyquist: float) -> list[AuditWarning]:
     """Bandwidth and floor of the clean prior against the noisy data and the test references:
     one warning per kind, naming every reference that is beyond the threshold."""
-    what = {"data": "the noisy training data", "test": "the test set's clean references"}
+    what = REFERENCE_NAMES
     edge = f"{BAND_LIMITED_FRACTION * nyquist:.0f} Hz"
     out = []
     narrower = [n for n, r in rows.items() if r["band_limited_share_gap"] > BAND_LIMITED_SHARE_GAP]
@@ -724,7 +725,7 @@ def _voice_range(prior: dict, refs: dict[str, dict], speed) -> tuple[dict, Audit
     beyond = [n for n, (share, _) in outside.items() if share > VOICE_SHARE]
     if not beyond:
         return row, None
-    what = {"data": "the noisy training data", "test": "the test set's clean references"}
+    what = REFERENCE_NAMES
     parts = [f"{outside[n][0]:.0%} of the files of {what[n]} (median F0 of those: {np.median(outside[n][1]):.0f} Hz)" for n in beyond]
     stretched = f" stretched by the speed perturbation {lo_speed:g}-{hi_speed:g}" if speed else ""
     return row, AuditWarning(
