@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from usedddp.data.batches import SimulatedBatch, UnpairedBatch, collate_simulated
 from usedddp.models.components.codec import ResidualQuantizer
-from usedddp.models.module import ENSEMBLES, LOSS_KEYS, STAGES
+from usedddp.models.module import ENSEMBLES, LOSS_KEYS, PRIOR_MIX_KEYS, STAGES
 
 SR = 16000
 T = 4000  # 0.25 s
@@ -224,7 +224,7 @@ def test_stages_2_and_3_play_all_ensembles(make_module, stage):
     batch = simulated() if stage == 2 else unpaired()
     out, d_terms, g_terms = stage_computation(module, batch)
     assert set(d_terms) == {f"d/{name}" for name in ENSEMBLES}
-    assert set(g_terms) <= set(LOSS_KEYS)
+    assert set(g_terms) <= set(LOSS_KEYS) | set(PRIOR_MIX_KEYS)
     assert {f"adv/{name}/{t}" for name in ENSEMBLES for t in ("gen", "feat")} <= set(g_terms)
     assert {"vq/clean/commitment", "vq/noise/commitment", "g/mix/sisdr", "g/scale"} <= set(g_terms)
     assert ("g/noise/mel" in g_terms) == (stage == 2)
@@ -249,11 +249,15 @@ def test_unknown_loss_weight_keys_raise(small_model_cfg):
         build(loss_weights={**weights, "g/clean/snr": 1.0})
     with pytest.raises(ValueError, match="adv/mix/gen"):
         build(loss_weights={"adv/mix/gen": 1.0})
-    # Known keys that are left out weigh 0.
+    # Known keys that are left out weigh 0; the stage-3 prior-mixture terms are derived from the
+    # stage-2 weights (stage3_prior_mixture times them), not set by key.
     module = build(loss_weights={"g/clean/mel": 2.0})
-    assert set(module.loss_weights) == set(LOSS_KEYS)
+    assert set(module.loss_weights) == set(LOSS_KEYS) | set(PRIOR_MIX_KEYS)
     assert module.loss_weights["g/clean/mel"] == 2.0 and module.loss_weights["adv/noisy/gen"] == 0.0
-    assert set(build(loss_weights=weights).loss_weights) == set(LOSS_KEYS)
+    assert module.loss_weights["g/prior_mix/clean/mel"] == pytest.approx(2.0 * module.stage3_prior_mixture)
+    assert set(build(loss_weights=weights).loss_weights) == set(LOSS_KEYS) | set(PRIOR_MIX_KEYS)
+    with pytest.raises(ValueError, match="g/prior_mix/clean/mel"):
+        build(loss_weights={"g/prior_mix/clean/mel": 1.0})
 
 
 # -- generator output --------------------------------------------------------------------------

@@ -76,7 +76,9 @@ class USEDDPModule(L.LightningModule):
         self.reconstruction = reconstruction
         unknown = set(loss_weights) - set(LOSS_KEYS)
         if unknown:
-            raise ValueError(f"unknown loss weight keys {sorted(unknown)}; known: {LOSS_KEYS}")
+            hint = " (the g/prior_mix/* weights are stage3_prior_mixture times the g/clean/* and g/noise/* ones)" \
+                if unknown & set(PRIOR_MIX_KEYS) else ""
+            raise ValueError(f"unknown loss weight keys {sorted(unknown)}; known: {LOSS_KEYS}{hint}")
         self.loss_weights = {key: float(loss_weights.get(key, 0.0)) for key in LOSS_KEYS}
         # Not the paper's stage 3 (which has no supervised term): the stage-3 batch already holds
         # independent clean- and noise-prior draws; their sum is a simulated mixture whose sources
