@@ -22,7 +22,7 @@ import nbformat
 import pytest
 
 from test_train import args as tiny_args  # TINY: a stage of a very small model in seconds
-from usedddp import ablation
+from usedddp import ablation, reporting
 from usedddp.assets import DEMO_ROOT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,12 +185,6 @@ def test_stored_notebook_has_no_outputs_and_a_parameters_cell():
     assert "USEDDDP_RUNS_DIR" in code[0].source
 
 
-def test_headers_match_the_evaluate_command():
-    from usedddp.evaluate import HEADERS
-
-    assert ablation.HEADERS == HEADERS
-
-
 def test_labels_are_the_overrides_that_vary(tmp_path):
     """A codec sweep is labelled by its codec override; common overrides are left out."""
     for num, codec in enumerate(("stft", "dac_tiny")):
@@ -267,7 +261,7 @@ def test_summaries_without_the_band_measures_still_tabulate(tmp_path):
     _fake_run(tmp_path / "old", 0, "demo", old)
     rows = ablation.results_table(ablation.find_runs(tmp_path / "old"))
     assert "hf_level" not in rows[0] and rows[1]["si_sdr"] == 5.0
-    assert "SI-SDR 4-8k" not in ablation.markdown(rows) and "| SI-SDR (dB) |" in ablation.markdown(rows)
+    assert "SI-SDR 4-8k" not in reporting.ablation_table(rows) and "| SI-SDR (dB) |" in reporting.ablation_table(rows)
 
     _fake_run(tmp_path / "mixed", 0, "demo", old)
     _fake_run(tmp_path / "mixed", 1, "demo_matched", {**old, "hf_si_sdr": -20.0, "hf_level": -35.0})
@@ -275,8 +269,17 @@ def test_summaries_without_the_band_measures_still_tabulate(tmp_path):
     with pytest.warns(UserWarning, match="hf_si_sdr, hf_level not in every evaluation"):
         rows = ablation.results_table(runs)
     assert [r["label"] for r in rows] == ["noisy", "prior=demo", "prior=demo_matched"]
-    assert ablation.metrics_of(rows) == ["pesq_wb", "si_sdr"]
+    assert reporting.metrics_of(rows) == ["pesq_wb", "si_sdr"]
 
     _fake_run(tmp_path / "new", 0, "demo", {**old, "hf_si_sdr": -20.0, "hf_level": -35.0})
-    table = ablation.markdown(ablation.results_table(ablation.find_runs(tmp_path / "new")))
+    table = reporting.ablation_table(ablation.results_table(ablation.find_runs(tmp_path / "new")))
     assert "| SI-SDR (dB) | SI-SDR 4-8k (dB) | level 4-8k (dB) |" in table and "| -35.00 |" in table
+
+
+def test_a_summary_that_is_not_one_is_refused_by_name(tmp_path):
+    """A truncated or foreign <run>/evaluation/summary.json: an AblationError naming it, not a KeyError later."""
+    _fake_run(tmp_path, 0, "demo", {"pesq_wb": 2.0})
+    path = tmp_path / "0_demo" / "evaluation" / "summary.json"
+    path.write_text(path.read_text()[:40])
+    with pytest.raises(ablation.AblationError, match="0_demo/evaluation/summary.json: not JSON"):
+        ablation.find_runs(tmp_path)

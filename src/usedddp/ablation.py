@@ -4,12 +4,12 @@
     python scripts/evaluate_runs.py multirun/demo/<time>        # each run: <job>/evaluation/summary.json
     python scripts/ablation_table.py multirun/demo/<time> [--condition snr_db]
 
-Plain functions, no pandas needed (`to_dataframe` converts where pandas is installed); used by
-both scripts and by notebooks/prior_ablation.ipynb:
+Plain functions (rows are dicts: `pandas.DataFrame(rows)` where pandas is wanted); used by both
+scripts and by notebooks/prior_ablation.ipynb:
 
     runs = find_runs(MULTIRUN_DIR)         # every training run below it, sorted by Hydra job number
     rows = results_table(runs)             # the noisy input once, then one row per run
-    print(markdown(rows))
+    print(reporting.ablation_table(rows))  # usedddp.reporting renders them
 
 A run is a directory with `.hydra/config.yaml` and `.hydra/overrides.yaml` whose config is a
 training config; its evaluation is `<run>/evaluation/summary.json`, written by
@@ -31,18 +31,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from usedddp.reporting import NOISY, Summary, SummaryError, ablation_table, index_audio, read_summary
+
 EVALUATION_DIR = "evaluation"  # <run>/evaluation/summary.json (evaluation_stage2/ for --stage 2)
-# Column headers: the same as usedddp.evaluate.HEADERS (a test keeps them equal); repeated here
-# so that printing a table does not import torch.
-HEADERS = {
-    "pesq_wb": "PESQ-wb", "pesq_nb": "PESQ-nb", "stoi": "STOI", "estoi": "ESTOI", "si_sdr": "SI-SDR (dB)",
-    "hf_si_sdr": "SI-SDR 4-8k (dB)", "hf_level": "level 4-8k (dB)", "csig": "CSIG", "cbak": "CBAK", "covl": "COVL",
-    "dnsmos_sig": "DNSMOS SIG", "dnsmos_bak": "DNSMOS BAK", "dnsmos_ovrl": "DNSMOS OVRL",
-}
-# With the 4-8 kHz band measures: a clean stream that drops everything above 4 kHz barely moves the others.
-MAIN_METRICS = ("pesq_wb", "estoi", "si_sdr", "hf_si_sdr", "hf_level", "csig", "cbak", "covl", "dnsmos_ovrl")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-NOISY = "noisy"
 # Two runs' noisy rows (the same files, the same metric code) may differ by rounding only.
 NOISY_TOLERANCE = 1e-3
 
@@ -63,7 +54,7 @@ class Run:
     config: dict
     job_num: int | None = None
     choices: dict = field(default_factory=dict)  # Hydra's config-group choices (model/codec: stft, ...)
-    summary: dict | None = None  # the evaluation summary, when there is one
+    summary: Summary | None = None  # the evaluation summary, when there is one
     label: str = ""
     evaluation: str = EVALUATION_DIR  # the evaluation's folder name inside the run
 
@@ -156,7 +147,10 @@ def find_runs(multirun_dir: str | Path, evaluation: str = EVALUATION_DIR) -> lis
             run.choices = OmegaConf.to_container(choices, resolve=False) if choices is not None else {}
         summary_path = run.evaluation_dir / "summary.json"
         if summary_path.is_file():
-            run.summary = json.loads(summary_path.read_text())
+            try:
+                run.summary = read_summary(summary_path)
+            except SummaryError as error:
+                raise AblationError(f"{error}; re-evaluate the run (scripts/evaluate_runs.py DIR --force)") from None
         runs.append(run)
     if not runs:
         raise AblationError(f"{root}: no training run below it (a run has .hydra/config.yaml and .hydra/overrides.yaml)")
@@ -329,62 +323,8 @@ def condition_table(runs: list[Run], column: str) -> list[dict]:
     return rows
 
 
-def metrics_of(rows: list[dict]) -> list[str]:
-    """The metric columns of a table's rows, in the evaluation's order."""
-    return [m for m in HEADERS if rows and m in rows[0]]
-
-
-def to_dataframe(rows: list[dict]):
-    """The rows as a pandas DataFrame (pandas is not a dependency of the package)."""
-    import pandas as pd
-
-    return pd.DataFrame(rows)
-
-
 # --------------------------------------------------------------------------------------------
 # Markdown
-
-
-def display_label(row: dict) -> str:
-    return f"{row['label']} (in-domain)" if row.get("in_domain") else str(row["label"])
-
-
-def _warnings(audit: list[str] | None) -> str:
-    if audit is None:
-        return "–"
-    return ", ".join(audit) or "none"
-
-
-def _yes_no(flag) -> str:
-    return "–" if flag is None else "**yes**" if flag else "no"
-
-
-def _fmt(value, digits: int = 2) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def markdown(rows: list[dict], metrics: str | list[str] = "main", condition: str | None = None) -> str:
-    """A Markdown table of `results_table` or `condition_table` rows; in-domain runs are flagged
-    in the run column ("prior=demo_matched (in-domain)") and in their own column.
-    `metrics`: "main" (PESQ-wb, ESTOI, SI-SDR, SI-SDR and level of 4-8 kHz, CSIG/CBAK/COVL, DNSMOS
-    OVRL, where scored: summaries from before the band measures have none), "all", or a list."""
-    present = metrics_of(rows)
-    if metrics == "main":
-        chosen = [m for m in MAIN_METRICS if m in present]
-    elif metrics == "all":
-        chosen = present
-    else:
-        chosen = [m for m in metrics if m in present]
-    head = ([condition] if condition else []) + ["run", "clean prior", "in-domain", "stage", "codec", "files"]
-    head += [HEADERS[m] for m in chosen] + ["audit warnings"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    for row in rows:
-        cells = ([str(row[condition])] if condition else []) + [
-            display_label(row), row["prior"] or "–", _yes_no(row["in_domain"]),
-            "–" if row["stage"] is None else str(row["stage"]), row["codec"] or "–", str(row["files"] or "–")]
-        cells += [_fmt(row[m]) for m in chosen] + [_warnings(row.get("audit"))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def report(multirun_dir: str | Path, condition: str | None = None, metrics: str | list[str] = "main",
@@ -397,10 +337,10 @@ def report(multirun_dir: str | Path, condition: str | None = None, metrics: str 
     test = scored_test_set(done[0])
     parts = [f"Runs under `{Path(multirun_dir)}` (`<run>/{evaluation}/`); test set: noisy `{test.get('noisy')}`, reference "
              f"`{test.get('reference')}` (domain {test.get('domain')}), {test.get('pairs')} files. "
-             "Means over files; in-domain: the clean prior's domain is the test set's.", "", markdown(rows, metrics)]
+             "Means over files; in-domain: the clean prior's domain is the test set's.", "", ablation_table(rows, metrics)]
     columns = condition_columns(done) if condition == "all" else [condition] if condition else []
     for column in columns:
-        parts += ["", f"Per {column}:", "", markdown(condition_table(runs, column), metrics, condition=column)]
+        parts += ["", f"Per {column}:", "", ablation_table(condition_table(runs, column), metrics, condition=column)]
     return "\n".join(parts) + "\n"
 
 
@@ -408,21 +348,15 @@ def report(multirun_dir: str | Path, condition: str | None = None, metrics: str 
 # One clip across runs (the notebook's examples)
 
 
-def _index(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        return {}
-    return {p.relative_to(folder).with_suffix("").as_posix(): p
-            for p in sorted(folder.rglob("*")) if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()}
-
-
 def example_clips(runs: list[Run]) -> dict[str, dict[str, Path]]:
     """{clip key: {"noisy": path, "reference": path or absent, <run label>: enhanced path}} for
     every clip that every evaluated run enhanced, sorted by key."""
     runs = evaluated(runs)
     test = scored_test_set(runs[0])
-    noisy = _index(Path(test["noisy"])) if test.get("noisy") else {}
-    reference = _index(Path(test["reference"])) if test.get("reference") else {}
-    enhanced = [_index(r.enhanced_dir) for r in runs]
+    # Not required: a test set moved away since, or a run whose enhanced clips were deleted, has no examples.
+    noisy = index_audio(test["noisy"], required=False) if test.get("noisy") else {}
+    reference = index_audio(test["reference"], required=False) if test.get("reference") else {}
+    enhanced = [index_audio(r.enhanced_dir, required=False) for r in runs]
     keys = sorted(set(noisy).intersection(*enhanced)) if enhanced else []
     out = {}
     for key in keys:
