@@ -7,10 +7,10 @@
 For each input length it measures, in inference mode and with the enhance command's defaults
 (configs/enhance.yaml: chunk_seconds 10, overlap_seconds 1):
 
-- USE-DDP: `usedddp.enhance.enhance_waveform(generator, wav, chunk, overlap)`, the path the
+- USE-DDP: `usedddp.inference.enhance_waveform(generator, wav, chunk, overlap)`, the path the
   enhance command takes (encoder -> clean and noise branches -> one decoder pass over both);
-- the codec floor: the generator's own codec adapter, `codec.decode(codec.encode(x))`, over the
-  same chunks with the same cross-fade, i.e. what any DAC-based enhancer pays at least;
+- the codec floor: the generator's own codec, `codec.decode(codec.encode(x))`, through the same
+  `usedddp.inference.overlap_add` (chunks, cross-fade), i.e. what any DAC-based enhancer pays at least;
 
 reporting wall seconds and process CPU seconds (median of --repeats after --warmup; inputs of
 60 s and more default to one repeat), the real-time factor (wall seconds / audio seconds) and
@@ -38,7 +38,6 @@ import datetime
 import gc
 import inspect
 import json
-import logging
 import os
 import platform
 import resource
@@ -46,7 +45,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -86,29 +84,25 @@ def reset_peak_rss() -> bool:
 
 
 def build_generator(model: str):
-    """The generator of configs/model/<model>.yaml, built as train.py and enhance.py build it
-    (Hydra compose + instantiate), random weights, eval mode."""
+    """The generator of configs/model/<model>.yaml as the enhance path builds it from a
+    checkpoint's config (usedddp.inference.build_generator_from_config), random weights, eval mode."""
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
-    import usedddp.train  # registers the config resolver
+    from usedddp.config import CONFIG_DIR
+    from usedddp.inference import build_generator_from_config, model_config
 
-    with initialize_config_dir(str(usedddp.train.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}"])
-    logging.getLogger("usedddp.models.components.codec").setLevel(logging.ERROR)  # "no DAC weights given"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated")
-        module = instantiate(cfg.model)
-    return module.generator.eval()
+    return build_generator_from_config(model_config(cfg)).eval()
 
 
 def enhance_defaults() -> tuple[float, float]:
     """(chunk_seconds, overlap_seconds) of configs/enhance.yaml, the enhance command's defaults."""
     from omegaconf import OmegaConf
 
-    import usedddp.train
+    from usedddp.config import CONFIG_DIR
 
-    cfg = OmegaConf.load(usedddp.train.CONFIG_DIR / "enhance.yaml")
+    cfg = OmegaConf.load(CONFIG_DIR / "enhance.yaml")
     return float(cfg.chunk_seconds), float(cfg.overlap_seconds)
 
 
@@ -129,11 +123,11 @@ def tiled(files: list[Path], num_samples: int, sample_rate: int) -> torch.Tensor
 
 
 def demo_input(seconds: float, sample_rate: int) -> torch.Tensor:
-    from usedddp.data.datasets import VALIDATION_LEVEL_DB, level_gain
+    from usedddp.inference import normalise_level
 
     files = sorted(demo_dir("noisy_testset").glob("*.flac"))
     wav = tiled(files, round(seconds * sample_rate), sample_rate)
-    return wav * level_gain(wav, VALIDATION_LEVEL_DB)  # the level the enhance command gives the model
+    return normalise_level(wav)[0]  # the level the enhance command gives the model
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,30 +137,14 @@ def demo_input(seconds: float, sample_rate: int) -> torch.Tensor:
 def codec_waveform(codec: torch.nn.Module, wav: torch.Tensor, chunk: int, overlap: int) -> torch.Tensor:
     """The codec floor: encode -> decode over the chunks enhance_waveform uses, with its
     cross-fade and normalisation (one stream instead of two)."""
-    from usedddp.enhance import _fade, chunk_bounds
+    from usedddp.inference import overlap_add
 
-    length = wav.shape[-1]
-    bounds = chunk_bounds(length, chunk, overlap, int(codec.hop_length))
-    # The generator hands the decoder its input too (a codec that filters it uses it; DAC ignores it).
-    with_reference = "reference" in inspect.signature(codec.decode).parameters
-
-    def floor(x: torch.Tensor) -> torch.Tensor:
-        z = codec.encode(x)
-        return codec.decode(z, x.shape[-1], reference=x) if with_reference else codec.decode(z, x.shape[-1])
+    def floor(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        # The generator hands the decoder its input too (a codec that filters it uses it; DAC ignores it).
+        return {"clean": codec.decode(codec.encode(x), x.shape[-1], reference=x)}
 
     with torch.inference_mode():
-        if len(bounds) == 1:
-            return floor(wav[None])[0]
-        acc, norm = torch.zeros(1, length), torch.zeros(length)
-        for i, (start, end) in enumerate(bounds):
-            weight = torch.ones(end - start)
-            if i > 0 and (n := bounds[i - 1][1] - start) > 0:
-                weight[:n] *= _fade(n)
-            if i + 1 < len(bounds) and (n := end - bounds[i + 1][0]) > 0:
-                weight[-n:] *= _fade(n).flip(0)
-            acc[:, start:end] += floor(wav[None, :, start:end])[0] * weight
-            norm[start:end] += weight
-    return acc / norm
+        return overlap_add(floor, wav, chunk, overlap, align=int(codec.hop_length))["clean"]
 
 
 def timed(fn) -> tuple[float, float]:
@@ -186,7 +164,7 @@ def worker(job: dict) -> dict:
     the same contention from other processes.
     long: USE-DDP only, warmed up on the first chunk, then one timed run; the peak covers both.
     """
-    from usedddp.enhance import enhance_waveform
+    from usedddp.inference import enhance_waveform
 
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
@@ -362,7 +340,7 @@ def print_table(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="dac16k", choices=["dac16k", "tiny"])
+    parser.add_argument("--model", default="dac16k", choices=["dac16k", "tiny", "tiny_stft"])
     parser.add_argument("--lengths", type=float, nargs="+", default=[1.0, 10.0, 60.0], help="input lengths in seconds")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per case (median reported)")
     parser.add_argument("--repeats-60s", type=int, default=1, help="repeats for inputs of 60 s and longer (at most --repeats)")
@@ -385,7 +363,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from usedddp.enhance import chunk_bounds
+    from usedddp.inference import chunk_bounds
 
     started = time.perf_counter()
     load_before = os.getloadavg()

@@ -1,11 +1,15 @@
-"""Time one USE-DDP training step (discriminator + generator) against a bare DAC codec step.
+"""Time one USE-DDP training step (discriminator + generator) against a bare codec step.
 
     python scripts/benchmark_train_step.py --model dac16k --batch 1 --seconds 1 --device cpu --out bench.json
 
-Both are measured in the same process on the same inputs, so the ratio is meaningful across
-machines; absolute times are what this machine gives. The baseline is one step of the codec
-alone (encode -> decode -> mel loss -> backward -> AdamW): the floor the dual-branch,
-three-adversary step is built on.
+The USE-DDP step is the LightningModule's own `train_step`, the body of its `training_step`
+(both players' losses, backward, the finite checks, gradient norms and clipping, both optimizer
+steps, with the optimizers its config builds), called without a Trainer on one fixed batch;
+nothing of it is copied here. The
+baseline is one step of the codec alone (encode -> decode -> mel loss -> backward -> AdamW): the
+floor the dual-branch, three-adversary step is built on. Both are measured in the same process
+on the same inputs, so the ratio is meaningful across machines; absolute times are what this
+machine gives.
 """
 
 from __future__ import annotations
@@ -21,33 +25,22 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
-import usedddp.train  # registers the config resolver
+import usedddp.config  # CONFIG_DIR; registers the config resolver
+from usedddp.models.build import build_module
 from usedddp.data.batches import SimulatedBatch, UnpairedBatch
 
 
 def build(model: str, overrides: list[str]):
-    with initialize_config_dir(str(usedddp.train.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(usedddp.config.CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}", *overrides])
-    return instantiate(cfg.model)
+    return build_module(cfg.model)
 
 
-def use_ddp_step(module, batch, opt_g, opt_d, autocast):
+def module_step(module, batch, optimizers, autocast) -> None:
+    """One step of the module's own train_step (discriminator, then generator)."""
     with autocast:
-        out = module.generator(batch.noisy, streams=module.spec.streams)
-        fakes = module.fakes(out)
-        reals = {"clean": batch.clean_prior, "noise": batch.noise_prior, "noisy": batch.noisy}
-        d_loss = sum(module.discriminator_terms(reals, fakes).values())
-    opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    opt_d.step()
-    with autocast:
-        terms = module.generator_terms(batch, out, reals, fakes)
-        g_loss = sum(module.loss_weights[k] * v for k, v in terms.items())
-    opt_g.zero_grad(set_to_none=True)
-    g_loss.backward()
-    opt_g.step()
+        module.train_step(batch, *optimizers)
 
 
 def codec_step(codec, loss, wav, opt, autocast):
@@ -92,19 +85,18 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     module = build(args.model, args.overrides).to(device)
-    module.stage = args.stage
+    module.training_stage = args.stage
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
     n = round(args.seconds * module.sample_rate)
     wav = lambda: 0.05 * torch.randn(args.batch, 1, n, device=device)  # noqa: E731
     batch = (
         UnpairedBatch(wav(), wav(), wav()) if args.stage == 3 else SimulatedBatch(noisy=wav(), clean=wav(), noise=wav())
     )
-    opt_g = torch.optim.AdamW(module.generator.parameters(), lr=1e-5)
-    opt_d = torch.optim.AdamW(module.discriminators.parameters(), lr=1e-5)
+    optimizers, _ = module.configure_optimizers()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
-    use_ddp = timed(lambda: use_ddp_step(module, batch, opt_g, opt_d, autocast), args.warmup, args.steps, device)
+    use_ddp = timed(lambda: module_step(module, batch, optimizers, autocast), args.warmup, args.steps, device)
     peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     codec = module.generator.codec
     opt_c = torch.optim.AdamW(codec.parameters(), lr=1e-5)
@@ -116,7 +108,7 @@ def main() -> None:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
             for _ in range(2):
-                use_ddp_step(module, batch, opt_g, opt_d, autocast)
+                module_step(module, batch, optimizers, autocast)
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=25))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))

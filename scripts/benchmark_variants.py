@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_train_step import build, use_ddp_step  # noqa: E402
+from benchmark_train_step import build, module_step  # noqa: E402
 
 from usedddp.data.batches import SimulatedBatch, UnpairedBatch  # noqa: E402
 
@@ -58,16 +58,15 @@ def main() -> None:
     for name, overrides in variants.items():
         torch.manual_seed(0)
         module = build(args.model, overrides).to(device)
-        module.stage = args.stage
+        module.training_stage = args.stage
         if batch is None:  # one batch for all, at the baseline's sample rate
             sample_rate, n = module.sample_rate, round(args.seconds * module.sample_rate)
             wav = lambda: 0.05 * torch.randn(args.batch, 1, n, device=device)  # noqa: E731
             batch = UnpairedBatch(wav(), wav(), wav()) if args.stage == 3 else SimulatedBatch(noisy=wav(), clean=wav(), noise=wav())
         elif module.sample_rate != sample_rate:
             raise SystemExit(f"--variant {name}: {module.sample_rate} Hz, the baseline runs at {sample_rate} Hz; compare at one rate")
-        opt_g = torch.optim.AdamW(module.generator.parameters(), lr=1e-5)
-        opt_d = torch.optim.AdamW(module.discriminators.parameters(), lr=1e-5)
-        steps[name] = (module, lambda m=module, g=opt_g, d=opt_d: use_ddp_step(m, batch, g, d, autocast))
+        optimizers, _ = module.configure_optimizers()  # the config's own (AdamW, its learning rates)
+        steps[name] = (module, lambda m=module, o=optimizers: module_step(m, batch, o, autocast))
         times[name] = []
         for _ in range(args.warmup):
             steps[name][1]()

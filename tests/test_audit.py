@@ -250,7 +250,7 @@ def test_missing_or_empty_folder_names_it(tmp_path):
 
 
 def _compose(config: str, *overrides: str):
-    with initialize_config_dir(str(usedddp.train.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(usedddp.config.CONFIG_DIR), version_base="1.3"):
         return compose(config, overrides=list(overrides))
 
 

@@ -5,6 +5,7 @@ import os
 import pickle
 import shlex
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,8 +14,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-import usedddp.train  # registers the ${usedddp_demo_root:} resolver; CONFIG_DIR lives there
-from usedddp.models.components.codec import DACCodec, load_dac_release
+import usedddp.config  # CONFIG_DIR; registers the ${usedddp_demo_root:} resolver
+from usedddp.models.build import build_module
+from usedddp.models.components.branch import RoFormerBranch
+from usedddp.models.components.dac_codec import DACCodec, load_dac_release, load_dac_weights
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -29,6 +32,13 @@ DAC16K = dict(encoder_dim=64, encoder_rates=[2, 4, 5, 8], decoder_dim=1536, deco
 def tiny_codec(**kwargs):
     torch.manual_seed(0)
     return DACCodec(**{**TINY, **kwargs})
+
+
+def tiny_codec_from(path, **kwargs) -> DACCodec:
+    """tiny_codec(**kwargs) started from the release file at path (load_dac_weights, the codec part)."""
+    codec = tiny_codec(**kwargs)
+    load_dac_weights(SimpleNamespace(codec=codec, branches={}), path)
+    return codec
 
 
 # -- lengths -----------------------------------------------------------------------------------
@@ -91,14 +101,18 @@ def tiny_release(path, sample_rate=16000):
 
 def test_tiny_release_round_trip(tmp_path):
     path, source = tiny_release(tmp_path / "weights.pth")
-    loaded = tiny_codec(weights=str(path))
+    loaded = tiny_codec_from(path)
     fresh = tiny_codec()
     own = loaded.state_dict()
     assert set(own) == set(source.state_dict())
     for key, value in source.state_dict().items():
         assert torch.equal(own[key], value), key
     assert any(not torch.equal(fresh.state_dict()[k], v) for k, v in own.items())  # really loaded
-    assert loaded.release_quantizer_state == {}  # the file has no quantizer
+    # The file has no quantizer: no codebook is copied into a branch.
+    branch = RoFormerBranch(64, dim=16, depth=1, heads=2, n_codebooks=2, codebook_size=16)
+    before = {k: v.clone() for k, v in branch.state_dict().items()}
+    loaded_counts = load_dac_weights(SimpleNamespace(codec=tiny_codec(), branches={"clean": branch}), path)
+    assert loaded_counts["clean_codebooks"] == 0 and all(torch.equal(before[k], v) for k, v in branch.state_dict().items())
     state, kwargs = load_dac_release(path)
     assert int(kwargs["sample_rate"]) == 16000 and isinstance(kwargs["sample_rate"], np.integer)
 
@@ -106,14 +120,14 @@ def test_tiny_release_round_trip(tmp_path):
 def test_sample_rate_mismatch_is_refused(tmp_path):
     path, _ = tiny_release(tmp_path / "dac_44khz.pth", sample_rate=44100)
     with pytest.raises(ValueError, match=r"44100 Hz.*16000 Hz") as info:
-        tiny_codec(weights=str(path))
+        tiny_codec_from(path)
     assert str(path) in str(info.value)
 
 
 def test_shape_mismatch_is_refused(tmp_path):
     path, _ = tiny_release(tmp_path / "weights.pth")
     with pytest.raises(ValueError, match="do not fit") as info:
-        tiny_codec(encoder_dim=16, latent_dim=64, weights=str(path))
+        tiny_codec_from(path, encoder_dim=16, latent_dim=64)
     assert str(path) in str(info.value)
 
 
@@ -122,7 +136,7 @@ def test_missing_codec_tensors_are_refused(tmp_path):
     state = {k: v for k, v in source.state_dict().items() if not k.startswith("decoder.")}
     path = save_release(tmp_path / "encoder_only.pth", state, sample_rate=np.int64(16000))
     with pytest.raises(ValueError, match="lack") as info:
-        tiny_codec(weights=str(path))
+        tiny_codec_from(path)
     assert str(path) in str(info.value)
 
 
@@ -158,7 +172,7 @@ def test_pickle_payload_is_not_executed(tmp_path, writer):
         with open(path, "wb") as f:
             pickle.dump(package, f)
     with pytest.raises(ValueError) as info:
-        tiny_codec(weights=str(path))
+        tiny_codec_from(path)
     assert str(path) in str(info.value)
     assert not marker.exists()
 
@@ -166,10 +180,10 @@ def test_pickle_payload_is_not_executed(tmp_path, writer):
 def test_missing_file_is_refused(tmp_path):
     path = tmp_path / "nowhere" / "weights.pth"
     with pytest.raises(FileNotFoundError) as info:
-        tiny_codec(weights=str(path))
+        tiny_codec_from(path)
     assert str(path) in str(info.value)
     with pytest.raises(FileNotFoundError):
-        tiny_codec(weights=str(tmp_path))  # a directory is not a weights file
+        tiny_codec_from(tmp_path)  # a directory is not a weights file
 
 
 @pytest.mark.parametrize("content", ["bare_state_dict", "list", "text", "empty"])
@@ -184,7 +198,7 @@ def test_not_release_format_is_refused(tmp_path, content):
     else:
         path.write_bytes(b"")
     with pytest.raises(ValueError) as info:
-        tiny_codec(weights=str(path))
+        tiny_codec_from(path)
     assert str(path) in str(info.value)
 
 
@@ -208,25 +222,26 @@ def release_16k(tmp_path_factory):
 def test_release_16k_loads_into_codec_and_module(release_16k):
     path, state = release_16k
     codec = DACCodec(sample_rate=16000, encoder_dim=64, encoder_rates=[2, 4, 5, 8], latent_dim=None, decoder_dim=1536,
-                     decoder_rates=[8, 5, 4, 2], weights=str(path))
+                     decoder_rates=[8, 5, 4, 2])
+    loaded = load_dac_weights(SimpleNamespace(codec=codec, branches={}), path)
     own = codec.state_dict()
     codec_keys = {k for k in state if k.startswith(("encoder.", "decoder."))}
-    assert codec_keys == set(own)
+    assert codec_keys == set(own) and loaded == {"codec": len(codec_keys)}
     for key in codec_keys:
         assert torch.equal(own[key], state[key]), key
     quantizer = {k.removeprefix("quantizer."): v for k, v in state.items() if k.startswith("quantizer.")}
-    assert set(codec.release_quantizer_state) == set(quantizer) and len(quantizer) == 12 * 7
+    assert len(quantizer) == 12 * 7
     del codec
 
     # The full-size module from configs/model/dac16k.yaml, with the discriminators shrunk
     # (they take no part in loading).
     overrides = ["model=dac16k", f"model.codec.weights={path}", "model.discriminator.fft_sizes=[128]", "model.discriminator.channels=4"]
-    with initialize_config_dir(str(usedddp.train.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(usedddp.config.CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides).model
     assert cfg.branch.n_codebooks == 12 and cfg.codec.decoder_dim == 1536
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = instantiate(cfg)
+        module = build_module(cfg)
     for key, value in module.generator.codec.state_dict().items():
         assert torch.equal(value, state[key]), key
     for name in ("clean", "noise"):
@@ -234,3 +249,13 @@ def test_release_16k_loads_into_codec_and_module(release_16k):
         assert len(rvq.quantizers) == 12
         for key, value in rvq.state_dict().items():
             assert torch.equal(value, quantizer[key]), f"{name}: {key}"
+
+
+def test_dac_weights_for_the_stft_codec_are_refused_by_name(tmp_path):
+    # model.codec.weights is read by the recipe (models.build), not by a codec: a path given to
+    # the default model's STFT codec is refused with the reason, before anything trains.
+    path, _ = tiny_release(tmp_path / "weights.pth")
+    with initialize_config_dir(str(usedddp.config.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model.codec.weights={path}"]).model
+    with pytest.raises(ValueError, match=r"weights\.pth.*not the STFTCodec"):
+        build_module(cfg)

@@ -252,7 +252,7 @@ def test_datamodule_on_demo_assets_stages_1_and_3():
     val = list(dm.val_dataloader())
     assert len(val) == 3 and all(v.clean is not None and v.noisy.shape == v.clean.shape for v in val)
     assert val[0].noisy.shape == (1, 1, SR) and val[0].name[0].endswith(".flac")
-    dm.stage = 3
+    dm.training_stage = 3
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert loader.drop_last and loader.persistent_workers
@@ -269,7 +269,7 @@ def test_datamodule_missing_clean_dir_is_reference_free(tmp_path, caplog):
 
 
 def test_datamodule_holds_out_noisy_train_files(tmp_path):
-    dm = demo_module(val_noisy_dir=None, val_clean_dir=None, stage=3, val_clips=4)
+    dm = demo_module(val_noisy_dir=None, val_clean_dir=None, training_stage=3, val_clips=4)
     dm.setup("fit")
     assert not dm.has_references
     held = {v.name[0] for v in dm.val_dataloader()}
@@ -287,7 +287,7 @@ def test_datamodule_simulated_validation_and_stage3_requirement(tmp_path):
         assert -25.1 < level_db(v.noisy) < -24.9 or float(v.noisy.abs().max()) > 0.98
         assert not torch.equal(v.noisy, v.clean)
     assert torch.equal(list(dm.val_dataloader())[0].noisy, val[0].noisy)  # fixed, not redrawn
-    dm.stage = 3
+    dm.training_stage = 3
     with pytest.raises(CorpusError, match="noisy_train_dir"):
         dm.train_dataloader()
 

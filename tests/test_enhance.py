@@ -23,8 +23,9 @@ from omegaconf import OmegaConf
 
 from conftest import compose_train
 from usedddp.assets import DEMO_ROOT
+from usedddp.models.build import build_module
 from usedddp.audio import load_audio
-from usedddp.enhance import EnhanceError, enhance_waveform, load_enhancer
+from usedddp.inference import InferenceError, enhance_waveform, load_generator
 from usedddp.models.generator import GeneratorOutput
 
 TINY_MODEL = [
@@ -48,7 +49,7 @@ def _make_run(run_dir: Path) -> Path:
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = instantiate(cfg.model)
+        module = build_module(cfg.model)
     ckpt = run_dir / "stage3" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
     torch.save({"state_dict": module.state_dict(), "usedddp": {"stage": 3}}, ckpt)
@@ -64,8 +65,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def generator(run_dir):
-    gen, _ = load_enhancer(run_dir, "cpu")
-    return gen
+    return load_generator(run_dir, "cpu").generator
 
 
 def _demo_clip(min_s: float = 2.5, max_s: float = 4.0) -> Path:
@@ -235,13 +235,30 @@ def test_existing_outputs_not_overwritten(tmp_path, run_dir):
 # In process
 
 
-def test_checkpoint_without_run_config(tmp_path, run_dir):
+def test_old_checkpoint_without_config_needs_its_run_directory(tmp_path, run_dir):
+    # _make_run writes a checkpoint as usedddp did before checkpoints stored their config: it
+    # loads inside its run directory (from .hydra/config.yaml) and is refused, by name, alone.
     lone = tmp_path / "lone.ckpt"
     lone.write_bytes((run_dir / "stage3/checkpoints/last.ckpt").read_bytes())
-    with pytest.raises(EnhanceError, match="lone.ckpt.*no training run config"):
-        load_enhancer(lone)
-    with pytest.raises(EnhanceError, match="not found"):
-        load_enhancer(tmp_path / "missing.ckpt")
+    with pytest.raises(InferenceError, match="lone.ckpt.*stores no config"):
+        load_generator(lone)
+    with pytest.raises(InferenceError, match="not found"):
+        load_generator(tmp_path / "missing.ckpt")
+
+
+def test_checkpoint_with_stored_config_enhances_alone(tmp_path, run_dir, generator):
+    # A checkpoint that stores its run's config (callbacks.RunConfigInCheckpoint) needs nothing
+    # beside it: copied to another folder, it rebuilds the same generator, weight for weight.
+    state = torch.load(run_dir / "stage3/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
+    state["usedddp"]["config"] = config
+    lone = tmp_path / "elsewhere" / "step_000050.ckpt"
+    lone.parent.mkdir()
+    torch.save(state, lone)
+    model = load_generator(lone)
+    assert model.run_dir is None and model.stage == 3 and model.config.run_name == config["run_name"]
+    for name, tensor in generator.state_dict().items():
+        torch.testing.assert_close(model.generator.state_dict()[name], tensor, rtol=0, atol=0)
 
 
 def test_loaded_weights_match_checkpoint(run_dir, generator):
@@ -256,7 +273,7 @@ def test_overlap_add_is_exact_for_an_identity_model(generator, monkeypatch):
     output equals the input to 1e-5: the cross-fade windows are normalised correctly, including
     the last chunk, which is aligned to the end and overlaps its neighbour by more."""
 
-    def identity(wav):
+    def identity(wav, streams=("clean", "noise")):
         return GeneratorOutput(clean=wav.clone(), noise=-wav, branches={})
 
     monkeypatch.setattr(generator, "forward", identity)
@@ -300,7 +317,7 @@ def test_output_level_follows_input(tmp_path, generator, monkeypatch):
     -10 dBFS, for a file longer than one chunk; enhance_paths works in-process."""
     from usedddp.enhance import enhance_paths
 
-    monkeypatch.setattr(generator, "forward", lambda wav: GeneratorOutput(clean=wav.clone(), noise=0.5 * wav, branches={}))
+    monkeypatch.setattr(generator, "forward", lambda wav, streams=None: GeneratorOutput(clean=wav.clone(), noise=0.5 * wav, branches={}))
     inp = tmp_path / "in"
     inp.mkdir()
     for level in (-40, -10):
@@ -317,8 +334,8 @@ def test_output_level_follows_input(tmp_path, generator, monkeypatch):
 
 @pytest.mark.parametrize("device", ["cuda:99", "tpu", "not a device"])
 def test_unusable_device_is_refused_by_name(run_dir, device):
-    with pytest.raises(EnhanceError, match=f"device={device}"):
-        load_enhancer(run_dir, device)
+    with pytest.raises(InferenceError, match=f"device={device}"):
+        load_generator(run_dir, device)
 
 
 def test_clean_only_path_gives_the_same_clean_stream(generator):

@@ -31,7 +31,7 @@ TIMEOUT_S = 2400  # step budgets: the timeout only catches a hung run (a shared 
 
 
 def default_budgets() -> dict[int, int]:
-    with initialize_config_dir(str(usedddp.train.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(usedddp.config.CONFIG_DIR), version_base="1.3"):
         cfg = compose("train")
     return {int(k): int(v) for k, v in cfg.stage_max_steps.items()}
 
@@ -69,7 +69,7 @@ def enhanced_pairs(generator, snr_db: int) -> list[tuple[float, float]]:
 
     from usedddp.assets import DEMO_ROOT
     from usedddp.audio import load_audio
-    from usedddp.enhance import enhance_waveform
+    from usedddp.inference import enhance_waveform
     from usedddp.metrics import si_sdr
 
     rows = list(csv.DictReader(open(DEMO_ROOT / "testset_conditions.csv")))
@@ -95,11 +95,11 @@ MIN_GAIN_DB = 1.5
 
 
 def test_supervised_stages_remove_noise_at_low_snr(stage2_run):
-    from usedddp.enhance import load_enhancer
+    from usedddp.inference import load_generator
 
     summary = stage2_run[1]
     assert [int(s) for s in summary["stages"]] == [1, 2]
-    generator, _ = load_enhancer(stage2_run[0], "cpu")
+    generator = load_generator(stage2_run[0], "cpu").generator
     pairs = enhanced_pairs(generator, 0)
     assert len(pairs) == 4
     gain = float(np.mean([out - inp for inp, out in pairs]))
@@ -135,10 +135,10 @@ def test_the_trained_run_enhances_through_the_enhance_path(stage2_run):
     # strictly; chunked enhancement (1 s chunks, 0.25 s overlap) agrees with the whole clip.
     from usedddp.assets import DEMO_ROOT
     from usedddp.audio import load_audio
-    from usedddp.enhance import enhance_waveform, load_enhancer
+    from usedddp.inference import enhance_waveform, load_generator
     from usedddp.metrics import si_sdr
 
-    generator, _ = load_enhancer(stage2_run[0], "cpu")
+    generator = load_generator(stage2_run[0], "cpu").generator
     assert type(generator.codec).__name__ == "STFTCodec"
     name = sorted((DEMO_ROOT / "noisy_testset").glob("*.flac"))[0].name
     noisy, clean = (load_audio(DEMO_ROOT / folder / name, 16000) for folder in ("noisy_testset", "clean_testset"))

@@ -52,10 +52,10 @@ def test_wandb_group_keeps_the_stages_of_one_run_together(mode, expected):
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    import usedddp.train
+    import usedddp.config
 
     run_dir = Path("outputs/demo/2026-01-01_00-00-00") if mode == "RUN" else Path("multirun/demo/2026-01-01_00-00-00/0_prior=demo")
-    with initialize_config_dir(str(usedddp.train.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(usedddp.config.CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", return_hydra_config=True, overrides=[f"hydra.mode={mode}"])
     HydraConfig.instance().set_config(cfg)
     try:
@@ -139,7 +139,7 @@ def _fit(module, root, *, logger, callbacks=(), val_loader=None, max_steps=2):
 @pytest.mark.parametrize("stage", [1, 2])
 def test_training_step_logs_statistics(make_module, tmp_path, stage):
     module = make_module(grad_clip_val=1e-6)  # every step clips: the logged norms are the pre-clip ones
-    module.stage = stage
+    module.training_stage = stage
     capture = Capture()
     _fit(module, tmp_path, logger=capture)
     train_rows = [m for _, m in capture.rows if "train/g/total" in m]
@@ -189,7 +189,7 @@ def test_validation_media_to_tensorboard(make_module, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     module = make_module(full_metrics_every_n_val=0)
-    module.stage = 2
+    module.training_stage = 2
     logger = TensorBoardLogger(str(tmp_path), name="tb", version="stage2")
     _fit(module, tmp_path, logger=logger, callbacks=[ValidationMedia(n_clips=2)], val_loader=_validation_loader())
     events = EventAccumulator(logger.log_dir, size_guidance={"audio": 0, "images": 0}).Reload()

@@ -5,7 +5,7 @@ import torch
 
 from usedddp.losses.adversarial import discriminator_loss, feature_matching_loss, generator_loss
 from usedddp.losses.reconstruction import ReconstructionLoss
-from usedddp.models.components.discriminator import DiscriminatorOutput
+from usedddp.outputs import DiscriminatorOutput
 
 SR = 16000
 T = 4000  # 0.25 s

@@ -1,4 +1,4 @@
-"""Invariants of the closed-form least-squares mixing scales (seed 002, eq. 1-2)."""
+"""Invariants of the closed-form least-squares mixing scales (Klement, "Speech Enhancement using Neural Audio Codecs", eq. 1-2)."""
 
 import pytest
 import torch

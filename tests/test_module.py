@@ -12,8 +12,10 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from usedddp.data.batches import SimulatedBatch, UnpairedBatch, collate_simulated
-from usedddp.models.components.codec import ResidualQuantizer
-from usedddp.models.module import ENSEMBLES, LOSS_KEYS, PRIOR_MIX_KEYS, STAGES
+from usedddp.models.components.quantizer import ResidualQuantizer
+from usedddp.models.build import split_weights
+from usedddp.models.module import LOSS_KEYS, PRIOR_MIX_KEYS
+from usedddp.stages import ENSEMBLES, TRAINING_STAGES as STAGES
 
 SR = 16000
 T = 4000  # 0.25 s
@@ -56,7 +58,7 @@ def n_changed(module, before):
 
 
 def forward(module, batch):
-    out = module.generator(batch.noisy, streams=module.spec.streams)
+    out = module.generator(batch.noisy, streams=module.training_stage.streams)
     return out, module.fakes(out), reals_of(batch)
 
 
@@ -81,7 +83,7 @@ def test_optimizers_partition_the_parameters(make_module):
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_discriminator_step_leaves_generator_unchanged(make_module, stage):
     module = make_module()
-    module.stage = stage
+    module.training_stage = stage
     (opt_g, opt_d), _ = module.configure_optimizers()
     batch = simulated() if stage < 3 else unpaired()
     out, fakes, reals = forward(module, batch)
@@ -102,7 +104,7 @@ def test_discriminator_step_leaves_generator_unchanged(make_module, stage):
 @pytest.mark.parametrize("toggle", [True, False])
 def test_generator_step_leaves_discriminators_unchanged(make_module, toggle):
     module = make_module()
-    module.stage = 2
+    module.training_stage = 2
     (opt_g, opt_d), _ = module.configure_optimizers()
     batch = simulated()
     out, fakes, reals = forward(module, batch)
@@ -156,7 +158,7 @@ def stage_computation(module, batch):
 
 def test_stage3_reads_only_noisy_and_priors(make_module):
     module = make_module()
-    module.stage = 3
+    module.training_stage = 3
     # A SimulatedBatch underneath: its clean and noise targets exist, and must not be read.
     out, d_terms, g_terms = stage_computation(module, StrictBatch(simulated()))
     assert not [k for k in g_terms if k.startswith(("g/clean/", "g/noise/"))]
@@ -169,18 +171,18 @@ def test_stage3_reads_only_noisy_and_priors(make_module):
 @pytest.mark.parametrize("stage", [1, 2])
 def test_stages_1_and_2_read_the_clean_target(make_module, stage):
     module = make_module()
-    module.stage = stage
+    module.training_stage = stage
     with pytest.raises(ForbiddenRead, match="batch.clean$"):
         stage_computation(module, StrictBatch(simulated()))
 
 
 def test_stage3_runs_on_unpaired_batches(make_module):
     module = make_module()
-    module.stage = 3
+    module.training_stage = 3
     _, d_terms, g_terms = stage_computation(module, unpaired())
     assert all(torch.isfinite(v) for v in {**d_terms, **g_terms}.values())
     # An unpaired batch in a supervised stage fails loudly (it has no target).
-    module.stage = 2
+    module.training_stage = 2
     with pytest.raises(AttributeError, match="clean"):
         stage_computation(module, unpaired())
 
@@ -189,7 +191,7 @@ def test_stage3_lightning_fit_with_strict_batches(make_module, tmp_path):
     """The whole training_step of stage 3 (both optimizer steps, logging, Lightning's batch
     transfer) sees nothing but noisy input and priors."""
     module = make_module()
-    module.stage = 3
+    module.training_stage = 3
     items = [simulated(batch=1, seed=i) for i in range(4)]
     items = [SimulatedBatch(b.noisy[0], b.clean[0], b.noise[0]) for b in items]
     loader = DataLoader(items, batch_size=2, collate_fn=lambda xs: StrictBatch(collate_simulated(xs)))
@@ -201,7 +203,7 @@ def test_stage3_lightning_fit_with_strict_batches(make_module, tmp_path):
 
 def test_stage1_runs_only_the_clean_stream(make_module):
     module = make_module()
-    module.stage = 1
+    module.training_stage = 1
     batch = simulated()
     out, d_terms, g_terms = stage_computation(module, batch)
     assert out.noise is None and out.reconstruction is None and out.alpha is None
@@ -220,7 +222,7 @@ def test_stage1_runs_only_the_clean_stream(make_module):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_stages_2_and_3_play_all_ensembles(make_module, stage):
     module = make_module()
-    module.stage = stage
+    module.training_stage = stage
     batch = simulated() if stage == 2 else unpaired()
     out, d_terms, g_terms = stage_computation(module, batch)
     assert set(d_terms) == {f"d/{name}" for name in ENSEMBLES}
@@ -235,15 +237,15 @@ def test_stages_2_and_3_play_all_ensembles(make_module, stage):
 def test_stage_setter_refuses_unknown_stage(make_module):
     module = make_module()
     with pytest.raises(ValueError, match="stage"):
-        module.stage = 4
-    assert module.stage == 1
+        module.training_stage = 4
+    assert module.training_stage.number == 1
 
 
 def test_unknown_loss_weight_keys_raise(small_model_cfg):
     # The module's own error, not Hydra's wrapper: components instantiated, the module called directly.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        build = instantiate(small_model_cfg, _partial_=True)
+        build = instantiate(split_weights(small_model_cfg)[0], _partial_=True)
     weights = dict(small_model_cfg.loss_weights)
     with pytest.raises(ValueError, match="g/clean/snr"):
         build(loss_weights={**weights, "g/clean/snr": 1.0})
@@ -373,7 +375,7 @@ def nan_reconstruction(estimate, target):
 @pytest.mark.parametrize("stage", [1, 2])
 def test_nonfinite_generator_loss_skips_the_step(make_module, stage, tmp_path, caplog):
     module = make_module()
-    module.stage = stage
+    module.training_stage = stage
     module.reconstruction.forward = nan_reconstruction
     g_before, d_before = snapshot(module.generator), snapshot(module.discriminators)
     with caplog.at_level(logging.WARNING, logger="usedddp.models.module"):
@@ -392,7 +394,7 @@ def test_nonfinite_generator_loss_skips_the_step(make_module, stage, tmp_path, c
 
 def test_nonfinite_discriminator_loss_skips_the_step(make_module, tmp_path, monkeypatch):
     module = make_module()
-    module.stage = 2
+    module.training_stage = 2
     real_terms = module.discriminator_terms
     monkeypatch.setattr(module, "discriminator_terms", lambda reals, fakes: {k: v * math.inf for k, v in real_terms(reals, fakes).items()})
     g_before, d_before = snapshot(module.generator), snapshot(module.discriminators)
@@ -426,17 +428,39 @@ def test_stage3_prior_mixture_supervises_the_prior_draws_only(make_module):
     batch's own prior draws; it reads no field stage 3 may not see and is weighted as a fraction
     of the stage-2 weights. Off (0), stage 3 computes no such term."""
     module = make_module(stage3_prior_mixture=0.25)
-    module.stage = 3
+    module.training_stage = 3
     _, _, g_terms = stage_computation(module, StrictBatch(simulated()))
     prior_mix = {k for k in g_terms if k.startswith("g/prior_mix/")}
     assert prior_mix == {f"g/prior_mix/{s}/{t}" for s in ("clean", "noise") for t in ("mel", "stft", "sisdr")}
     assert module.loss_weights["g/prior_mix/clean/mel"] == pytest.approx(0.25 * module.loss_weights["g/clean/mel"])
     assert torch.isfinite(weighted_total(module, g_terms))
     for stage in (1, 2):  # stages 1-2 have true targets: the term is stage 3's alone
-        module.stage = stage
+        module.training_stage = stage
         _, _, g_terms = stage_computation(module, simulated())
         assert not [k for k in g_terms if k.startswith("g/prior_mix/")]
     off = make_module(stage3_prior_mixture=0.0)
-    off.stage = 3
+    off.training_stage = 3
     _, _, g_terms = stage_computation(off, StrictBatch(simulated()))
     assert not [k for k in g_terms if k.startswith("g/prior_mix/")]
+
+
+def test_train_step_without_a_trainer_is_the_same_step(make_module, tmp_path):
+    # The benchmarks call train_step without a Trainer: on the same batch and seed it must update
+    # the weights exactly as one Lightning batch does (same losses, clipping, optimizers).
+    batch = next(iter(simulated_loader(n=2)))
+    with_trainer, bare = make_module(seed=3), make_module(seed=3)
+    for module in (with_trainer, bare):
+        module.training_stage = 2
+    fit(with_trainer, DataLoader([batch], batch_size=None), max_steps=1, root=tmp_path)
+    torch.manual_seed(0)
+    optimizers, _ = bare.configure_optimizers()
+    before = snapshot(bare.generator)
+    logged = bare.train_step(batch, *optimizers)
+    assert n_changed(bare.generator, before) > 0 and torch.isfinite(logged["train/g/total"])
+    for (name, a), b in zip(with_trainer.state_dict().items(), bare.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    # Its finite checks hold without a Trainer too: a NaN loss skips the step and leaves the weights.
+    bare.reconstruction.forward = nan_reconstruction
+    before = snapshot(bare.generator)
+    bare.train_step(batch, *optimizers)
+    assert unchanged(bare.generator, before) and bare.skipped_steps["g"] == 1

@@ -28,15 +28,15 @@ def test_default_experiment_config_is_what_the_readme_promises():
     # fixed STFT codec (model=tiny_stft), all three stages.
     from hydra import compose, initialize_config_dir
 
-    import usedddp.train
+    import usedddp.config
 
-    with initialize_config_dir(str(usedddp.train.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(usedddp.config.CONFIG_DIR), version_base="1.3"):
         cfg = compose("train")
     assert list(cfg.stages) == [1, 2, 3]
     assert cfg.data.domain == "demo" and cfg.prior.name == "demo" and cfg.noise.name == "demo"
     assert cfg.model.codec._target_.endswith("STFTCodec") and cfg.model.branch.dim == 64  # model=tiny_stft
     assert cfg.model.codec.weights is None
     # The DAC-shaped tiny model is one override away.
-    with initialize_config_dir(str(usedddp.train.CONFIG_DIR), version_base="1.3"):
+    with initialize_config_dir(str(usedddp.config.CONFIG_DIR), version_base="1.3"):
         dac = compose("train", overrides=["model/codec=dac_tiny"])
     assert dac.model.codec._target_.endswith("DACCodec") and dac.model.codec.encoder_dim == 8

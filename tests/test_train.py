@@ -25,10 +25,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import usedddp.train  # registers the ${usedddp_demo_root:} resolver; CONFIG_DIR lives there
+import usedddp.config  # CONFIG_DIR; registers the ${usedddp_demo_root:} resolver
+from usedddp.models.build import build_module
 from usedddp.assets import DEMO_ROOT
 
-CONFIG_DIR = usedddp.train.CONFIG_DIR
+CONFIG_DIR = usedddp.config.CONFIG_DIR
 
 # model=tiny and smaller, half-second batches of 2, 2 validation clips of at most 1 s, 2 steps
 # per stage: a stage costs a second or two on a CPU. Keyed by override name so that a test can
@@ -47,11 +48,10 @@ TINY = {
     "data.num_workers": "0",
     "data.val_clips": "2",
     "data.val_max_seconds": "1.0",
-    "trainer.max_steps": "2",
+    # per-stage budgets, as the experiments give them (a test's trainer.max_steps=N would win)
+    "stage_max_steps": "{1:2,2:2,3:2}",
     "trainer.val_check_interval": "2",
     "trainer.enable_progress_bar": "false",
-    # the demo experiment sets per-stage budgets; trainer.max_steps bounds every stage here
-    "stage_max_steps": "null",
     "n_examples": "1",
 }
 SAMPLE_RATE = 16000  # model=tiny
@@ -291,10 +291,11 @@ def test_stage_max_steps_bounds_each_stage(tmp_path):
 
 def test_vctk_unsup_experiment_on_vctk_layout(tmp_path, fake_vctk):
     run_dir = tmp_path / "run"
-    # The experiment selects model=dac16k and trainer=gpu: override back to tiny on a CPU.
-    train(run_dir, args("experiment=vctk_unsup", f"data.root={fake_vctk}", "trainer=default",
-                        "stage_max_steps={1:1,2:1,3:1}"))
+    # The experiment selects model=dac16k and trainer=gpu: override back to tiny on a CPU. Its
+    # stage_max_steps (100000 a stage) and TINY's (2) give way to the budget typed here.
+    train(run_dir, args("experiment=vctk_unsup", f"data.root={fake_vctk}", "trainer=default", "trainer.max_steps=1"))
     summary = read_summary(run_dir)
+    assert {k: v["steps"] for k, v in summary["stages"].items()} == {"1": 1, "2": 1, "3": 1}
     assert summary["data"] == {"domain": "vctk", "root": str(fake_vctk)}
     assert summary["prior"]["name"] == "vctk" and summary["prior"]["in_domain"] is True
     assert summary["prior"]["dir"] == str(fake_vctk / "clean_trainset_28spk_wav")
@@ -464,8 +465,8 @@ def test_resume_after_sigkill(tmp_path):
     assert min(train_steps) >= k, (k, train_steps[:5])
     assert max(train_steps) == steps - 1, (k, train_steps[-5:])
     assert len(train_steps) == steps - k, (k, train_steps)
-    numbered = [int(m.group(1)) for p in (second / "stage1" / "checkpoints").glob("step=*.ckpt")
-                if (m := re.fullmatch(r"step=(\d+)\.ckpt", p.name))]
+    numbered = [int(m.group(1)) for p in (second / "stage1" / "checkpoints").glob("step_*.ckpt")
+                if (m := re.fullmatch(r"step_(\d{6})\.ckpt", p.name))]
     assert numbered and min(numbered) > k, (k, numbered)
 
 
@@ -527,7 +528,7 @@ def test_experiment_composes(name, tmp_path):
         assert {"name", "dir", "domain"} <= set(node), node
     datamodule = instantiate(cfg.data)
     assert datamodule.sample_rate == cfg.model.sample_rate
-    module = instantiate(cfg.model)
+    module = build_module(cfg.model)
     assert module.sample_rate == cfg.model.sample_rate
     for cb_cfg in cfg.callbacks.values():
         instantiate(cb_cfg, **({"dirpath": str(tmp_path / "ckpt")} if cb_cfg._target_.endswith("ModelCheckpoint") else {}))
@@ -555,7 +556,7 @@ def test_codec_choice_builds_a_generator(codec, tmp_path):
     cfg = _compose([f"model/codec={codec}", *extra, f"paths.output_dir={tmp_path}", *[o for o in SHRUNK if o.startswith("model.")]])
     if codec == "dac16k_release":
         assert cfg.model.codec.weights is None
-    module = instantiate(cfg.model)
+    module = build_module(cfg.model)
     assert module.generator.codec.latent_dim > 0
     wav = 0.05 * torch.randn(2, 1, 4321)
     with torch.no_grad():

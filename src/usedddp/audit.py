@@ -41,7 +41,7 @@ from scipy.signal import lfilter
 from scipy.special import digamma, erf, gammaln
 
 from usedddp.audio import AudioFileError, CorpusError, audio_info, find_audio_files, load_audio, resample
-from usedddp.train import CONFIG_DIR  # also registers the ${usedddp_demo_root:} resolver
+from usedddp.config import CONFIG_DIR, prepare_argv  # also registers the ${usedddp_demo_root:} resolver
 
 log = logging.getLogger("usedddp.audit")
 
@@ -939,12 +939,17 @@ def run(cfg: DictConfig) -> int:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="audit")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     code = run(cfg)
     if code:
         sys.exit(code)
 
 
-if __name__ == "__main__":
+def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    prepare_argv()
+    _main()
+
+
+if __name__ == "__main__":
     main()

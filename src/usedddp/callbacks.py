@@ -162,3 +162,16 @@ def _log_magnitude(x: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
 def _run_key(logger: Logger) -> tuple[str, ...]:
     """Identifies one logger run (one per stage in the recipe): its references are logged once."""
     return type(logger).__name__, str(logger.save_dir), str(logger.name), str(logger.version)
+
+
+class RunConfigInCheckpoint(L.Callback):
+    """Stores the run's resolved config in every checkpoint (`checkpoint["usedddp"]["config"]`),
+    so that a .ckpt copied out of its run directory still rebuilds its generator and names its
+    priors and test set (usedddp.inference), as audiocraft's solvers and DAC's
+    `metadata.kwargs` carry theirs. Plain containers only: torch.load(weights_only=True) reads it."""
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint.setdefault("usedddp", {})["config"] = self.config

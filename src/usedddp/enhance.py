@@ -1,43 +1,39 @@
 """Enhance audio files with a trained model: `python -m usedddp.enhance ckpt=RUN input=IN output=OUT`.
 
-The core is plain functions, usable from a notebook:
+Walking files and the command; the model and the chunked enhancement are usedddp.inference:
 
-    generator, cfg = load_enhancer("outputs/demo/2026-...", device="cpu")
-    clean, noise = enhance_waveform(generator, wav, chunk=160000, overlap=16000)   # wav (1, T)
-    report = enhance_paths(generator, "noisy/", "enhanced/")
+    model = load_generator("outputs/demo/2026-...", device="cpu")
+    report = enhance_paths(model.generator, "noisy/", "enhanced/")
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.config_store import ConfigStore
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from usedddp.audio import AUDIO_EXTENSIONS, AudioFileError, audio_info, load_audio, resample, save_audio
-from usedddp.checkpoints import find_checkpoint, load_checkpoint
-from usedddp.data.datasets import VALIDATION_LEVEL_DB, level_gain
-from usedddp.train import CONFIG_DIR  # also registers the ${usedddp_demo_root:} resolver
+from usedddp.config import CONFIG_DIR, prepare_argv
+from usedddp.inference import InferenceError, enhance_waveform, load_generator, normalise_level
 
 log = logging.getLogger("usedddp.enhance")
 
 OUTPUT_RATES = ("model", "input")
 
 
-class EnhanceError(ValueError):
-    """The whole command cannot run (bad checkpoint, unsafe output folder, bad options)."""
+class EnhanceError(InferenceError):
+    """The whole command cannot run (unsafe output folder, no inputs, bad options); a bad
+    checkpoint or device is an InferenceError, its base."""
 
 
 @dataclass
@@ -49,159 +45,6 @@ class EnhanceReport:
     @property
     def summary(self) -> str:
         return f"enhanced {len(self.written)} of {self.total} files ({len(self.failed)} failed)"
-
-
-# --------------------------------------------------------------------------------------------
-# The model
-
-
-def find_run(ckpt: str | Path) -> tuple[Path, Path]:
-    """(checkpoint file, run directory) for a run directory or a <run>/stage<k>/checkpoints/*.ckpt."""
-    path = Path(ckpt)
-    try:
-        checkpoint = find_checkpoint(path)
-    except FileNotFoundError as error:
-        raise EnhanceError(str(error)) from None
-    parents = checkpoint.resolve().parents
-    run_dir = path if path.is_dir() else parents[min(2, len(parents) - 1)]
-    config = run_dir / ".hydra" / "config.yaml"
-    if not config.is_file():
-        raise EnhanceError(f"{checkpoint}: no training run config next to this checkpoint (expected {config}; "
-                           "the model is rebuilt from the run's saved config, so pass a checkpoint inside a "
-                           "usedddp run directory: <run>/stage<k>/checkpoints/*.ckpt)")
-    return checkpoint, run_dir
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """A torch device that exists here, or an EnhanceError saying why not."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise EnhanceError(f"device={device}: not a torch device ({error}); use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EnhanceError(f"device={device}: no CUDA device is available here (torch {torch.__version__}, "
-                               f"built for CUDA {torch.version.cuda}); use device=cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise EnhanceError(f"device={device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif device.type != "cpu":
-        raise EnhanceError(f"device={device}: use cpu, cuda or cuda:N")
-    return device
-
-
-def load_enhancer(ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, DictConfig]:
-    """(generator in eval mode on `device`, the run's config) from a run directory or checkpoint.
-
-    The model is rebuilt from the run's saved .hydra/config.yaml (never from pickled objects) and
-    its weights are loaded from the checkpoint with torch.load(weights_only=True), strictly.
-    """
-    device = check_device(device)
-    checkpoint, run_dir = find_run(ckpt)
-    config_path = run_dir / ".hydra" / "config.yaml"
-    cfg = OmegaConf.load(config_path)
-    if "model" not in cfg:
-        raise EnhanceError(f"{config_path}: no `model` node (not a usedddp training config)")
-    OmegaConf.set_struct(cfg, False)
-    if "codec" in cfg.model:
-        cfg.model.codec.weights = None  # the codec's weights come from the checkpoint
-    codec_log = logging.getLogger("usedddp.models.components.codec")
-    previous_level = codec_log.level
-    codec_log.setLevel(logging.ERROR)  # its "no DAC weights given" warning does not apply here
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated")
-            module = instantiate(cfg.model)
-    except Exception as error:
-        raise EnhanceError(f"{config_path}: cannot build the model from this config ({type(error).__name__}: {error})") from error
-    finally:
-        codec_log.setLevel(previous_level)
-    try:
-        state = load_checkpoint(checkpoint)
-    except ValueError as error:
-        raise EnhanceError(str(error)) from error
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise EnhanceError(f"{checkpoint}: not a usedddp training checkpoint (no 'state_dict')")
-    try:
-        module.load_state_dict(state["state_dict"], strict=True)
-    except RuntimeError as error:
-        raise EnhanceError(f"{checkpoint}: weights do not match the model in {config_path}: {error}") from error
-    generator = module.generator.to(device).eval()
-    log.info("model: %s (stage %s, %d Hz, %.1f M generator parameters)", checkpoint,
-             state.get("usedddp", {}).get("stage", "?"), generator.sample_rate,
-             sum(p.numel() for p in generator.parameters()) / 1e6)
-    return generator, cfg
-
-
-# --------------------------------------------------------------------------------------------
-# One waveform
-
-
-def chunk_bounds(length: int, chunk: int, overlap: int, align: int = 1) -> list[tuple[int, int]]:
-    """(start, end) of the chunks covering `length` samples: starts on multiples of `align` (the
-    codec's hop, so every chunk sees the same frame grid as the whole file), neighbours
-    overlapping by at least `overlap`, the last chunk running to the end (< chunk + align long)."""
-    if length <= chunk:
-        return [(0, length)]
-    step = max(align, (chunk - overlap) // align * align)
-    last = (length - chunk) // align * align
-    starts = list(range(0, last, step)) + [last]
-    return [(s, s + chunk) for s in starts[:-1]] + [(last, length)]
-
-
-def _fade(n: int) -> torch.Tensor:
-    """A strictly positive raised-cosine fade-in of n samples (its reverse fades out; they sum to 1)."""
-    return torch.sin(0.5 * math.pi * (torch.arange(n, dtype=torch.float32) + 0.5) / n) ** 2
-
-
-def enhance_waveform(generator: torch.nn.Module, wav: torch.Tensor, chunk: int | None = None,
-                     overlap: int = 0, noise: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """wav (1, T) -> (clean (1, T), noise (1, T) or None) on the CPU, at the generator's sample rate.
-
-    `noise=False` runs the clean branch only (noise is None): the shared decoder then decodes one
-    stream instead of two, about half the cost (benchmarks/enhance_cpu.json), and the clean
-    stream is the same, since every stream is decoded independently of the other.
-
-    With `chunk` (samples) the waveform is enhanced in chunks of about that length overlapping by
-    at least `overlap` samples and cross-faded by overlap-add (complementary raised-cosine fades,
-    normalised by the window sum), so memory does not grow with the file; chunks start on the
-    codec's frame grid. A waveform no longer than one chunk (or chunk=None) is enhanced whole.
-    Level normalisation is the caller's business.
-    """
-    if wav.ndim != 2 or wav.shape[0] != 1:
-        raise ValueError(f"expected a mono waveform of shape (1, T), got {tuple(wav.shape)}")
-    length = wav.shape[-1]
-    align = int(getattr(getattr(generator, "codec", None), "hop_length", 1))
-    chunk = length if chunk is None else int(chunk)
-    overlap = int(overlap)
-    if not 0 <= overlap < chunk or chunk < align:
-        raise ValueError(f"need 0 <= overlap < chunk and chunk >= {align} (one model frame), got overlap={overlap}, chunk={chunk}")
-    device = next(generator.parameters()).device
-    bounds = chunk_bounds(length, chunk, overlap, align)
-
-    def run(x: torch.Tensor):
-        return generator(x.to(device)) if noise else generator(x.to(device), streams=("clean",))
-
-    with torch.inference_mode():
-        if len(bounds) == 1:
-            out = run(wav[None])
-            return out.clean[0].float().cpu(), None if out.noise is None else out.noise[0].float().cpu()
-        acc = {"clean": torch.zeros(1, length), "noise": torch.zeros(1, length)}
-        norm = torch.zeros(length)
-        for i, (start, end) in enumerate(bounds):
-            weight = torch.ones(end - start)
-            if i > 0 and (n := bounds[i - 1][1] - start) > 0:  # fade in over the previous chunk's tail
-                weight[:n] *= _fade(n)
-            if i + 1 < len(bounds) and (n := end - bounds[i + 1][0]) > 0:  # fade out over the next one's head
-                weight[-n:] *= _fade(n).flip(0)
-            out = run(wav[None, :, start:end])
-            for name in acc:
-                stream = getattr(out, name)
-                if stream is None:
-                    acc[name] = None
-                elif acc[name] is not None:
-                    acc[name][:, start:end] += stream[0].float().cpu() * weight
-            norm[start:end] += weight
-    return acc["clean"] / norm, None if acc["noise"] is None else acc["noise"] / norm
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,7 +90,7 @@ def enhance_file(generator: torch.nn.Module, source: Path, targets: list[Path], 
     """Enhance one file into targets ([clean] or [clean, noise]); returns the real-time factor.
     Raises on any problem with this file (AudioFileError, OSError, ...)."""
     sr = generator.sample_rate
-    hop = getattr(generator.codec, "hop_length", 1)
+    hop = generator.codec.hop_length
     if not overwrite:
         for target in targets:
             if target.exists():
@@ -257,9 +100,8 @@ def enhance_file(generator: torch.nn.Module, source: Path, targets: list[Path], 
     wav = load_audio(source, sr)
     if wav.shape[-1] < hop:
         raise AudioFileError(source, f"too short: {wav.shape[-1]} samples at {sr} Hz, less than one model frame ({hop} samples)")
-    # The level validation uses: the whole file at -25 dBFS RMS; the gain is undone on the outputs.
-    gain = level_gain(wav, VALIDATION_LEVEL_DB)
-    clean, noise = enhance_waveform(generator, wav * gain, round(chunk_seconds * sr), round(overlap_seconds * sr),
+    wav, gain = normalise_level(wav)  # undone on the outputs
+    clean, noise = enhance_waveform(generator, wav, round(chunk_seconds * sr), round(overlap_seconds * sr),
                                     noise=len(targets) > 1)
     streams = [clean, noise][:len(targets)]
     if any(s is None for s in streams):
@@ -293,7 +135,7 @@ def enhance_paths(generator: torch.nn.Module, input_path: str | Path, output: st
     """
     if output_sr not in OUTPUT_RATES:
         raise EnhanceError(f"output_sr={output_sr}: use one of {OUTPUT_RATES}")
-    hop = getattr(generator.codec, "hop_length", 1)
+    hop = generator.codec.hop_length
     sr = generator.sample_rate
     if chunk_seconds * sr < 2 * hop or not 0 <= overlap_seconds < chunk_seconds:
         raise EnhanceError(f"chunk_seconds={chunk_seconds}, overlap_seconds={overlap_seconds}: need "
@@ -345,11 +187,11 @@ def enhance(cfg: DictConfig) -> int:
         # Cheap checks first, so that a refused command loads no model.
         root, files = list_inputs(cfg.input)
         check_output(cfg.input, cfg.output, root, files, bool(cfg.noise))
-        generator, _ = load_enhancer(cfg.ckpt, cfg.device)
+        generator = load_generator(cfg.ckpt, cfg.device).generator
         report = enhance_paths(generator, cfg.input, cfg.output, noise=bool(cfg.noise), output_sr=str(cfg.output_sr),
                                chunk_seconds=float(cfg.chunk_seconds), overlap_seconds=float(cfg.overlap_seconds),
                                overwrite=bool(cfg.overwrite))
-    except EnhanceError as error:
+    except InferenceError as error:
         log.error("refused: %s", error)
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -366,12 +208,17 @@ ConfigStore.instance().store(name="enhance", node=OmegaConf.load(CONFIG_DIR / "e
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name="enhance")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     code = enhance(cfg)
     if code:
         sys.exit(code)
 
 
-if __name__ == "__main__":
+def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    prepare_argv()  # a checkpoint path with '=' in it (older runs' step=N.ckpt) is taken as typed
+    _main()
+
+
+if __name__ == "__main__":
     main()

@@ -12,14 +12,13 @@ with what it depends on (PESQ mode, DNSMOS model, resampling, package versions, 
 checkpoint was trained with), because unrecorded metric variants are why results in this field
 cannot be reproduced.
 
-The core is plain functions, usable from a notebook: `evaluate_folders`,
-`summarise`, `markdown_table`.
+The core is plain functions, usable from a notebook: `evaluate_folders`, `summarise`, and
+usedddp.reporting's `summary_table`.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import os
@@ -40,21 +39,18 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from usedddp import metrics
-from usedddp.audio import CorpusError, find_audio_files
+from usedddp.audio import CorpusError
+from usedddp.config import CONFIG_DIR, prepare_argv  # also registers the ${usedddp_demo_root:} resolver
 from usedddp.metrics.band import ACTIVE_RANGE_DB, BAND_FLOOR_DB, EMPTY_BAND_DB, FRAME_SECONDS, REFERENCE_MIN_BAND_DB
 from usedddp.metrics.scoring import SAMPLE_RATE, score_job, worker_init
-from usedddp.train import CONFIG_DIR  # also registers the ${usedddp_demo_root:} resolver
+from usedddp.reporting import METRICS, FolderError, Summary, index_audio, summary_markdown, summary_table, write_summary
 
 log = logging.getLogger("usedddp.evaluate")
 
-INTRUSIVE = ("pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "hf_si_sdr", "hf_level", "csig", "cbak", "covl")
-REFERENCE_FREE = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
-METRICS = INTRUSIVE + REFERENCE_FREE
-HEADERS = {
-    "pesq_wb": "PESQ-wb", "pesq_nb": "PESQ-nb", "stoi": "STOI", "estoi": "ESTOI", "si_sdr": "SI-SDR (dB)",
-    "hf_si_sdr": "SI-SDR 4-8k (dB)", "hf_level": "level 4-8k (dB)", "csig": "CSIG", "cbak": "CBAK", "covl": "COVL",
-    "dnsmos_sig": "DNSMOS SIG", "dnsmos_bak": "DNSMOS BAK", "dnsmos_ovrl": "DNSMOS OVRL",
-}
+USAGE = """usage:
+    python -m usedddp.evaluate reference=CLEAN_DIR enhanced=EST_DIR output=DIR [noisy=NOISY_DIR]
+    python -m usedddp.evaluate ckpt=RUN_OR_CKPT output=DIR [data.root=TEST_ROOT]"""
+
 # Known test-set layouts under a root: (noisy folder, clean folder, domain).
 TEST_LAYOUTS = (("noisy_testset_wav", "clean_testset_wav", "vctk"), ("noisy_testset", "clean_testset", None))
 CONDITION_FILES = ("testset_conditions.csv", "logfiles/log_testset.txt")
@@ -98,22 +94,6 @@ def metric_definitions() -> dict[str, str]:
 
 # --------------------------------------------------------------------------------------------
 # Folders
-
-
-def index_folder(root: str | Path) -> dict[str, Path]:
-    """{relative path without extension: file} of every audio file under root."""
-    root = Path(root)
-    try:
-        files = find_audio_files(root)
-    except CorpusError as error:
-        raise EvaluateError(str(error)) from None
-    out: dict[str, Path] = {}
-    for p in files:
-        key = p.relative_to(root).with_suffix("").as_posix()
-        if key in out:
-            raise EvaluateError(f"{root}: {out[key].name} and {p.name} share the name {key}: cannot match by relative path")
-        out[key] = p
-    return out
 
 
 def read_conditions(path: str | Path) -> dict[str, dict[str, str]]:
@@ -165,9 +145,12 @@ def evaluate_folders(enhanced: str | Path, reference: str | Path | None = None, 
                      dnsmos: bool = True, jobs: int = 1, progress: bool = True) -> Evaluation:
     """Score every enhanced file (and, with `noisy`, every noisy input as its own system) against
     the reference with the same relative path. Files without a partner are listed, not scored."""
-    est = index_folder(enhanced)
-    ref = index_folder(reference) if reference is not None else None
-    noisy_files = index_folder(noisy) if noisy is not None else None
+    try:
+        est = index_audio(enhanced)
+        ref = index_audio(reference) if reference is not None else None
+        noisy_files = index_audio(noisy) if noisy is not None else None
+    except FolderError as error:
+        raise EvaluateError(str(error)) from None
     result = Evaluation(systems=(["noisy"] if noisy_files is not None else []) + [label])
     keys = sorted(est)
     if ref is not None:
@@ -255,76 +238,6 @@ def _natural(value: str):
         return (1, 0.0, value)
 
 
-def _cell(stat: dict | None, std: bool = False) -> str:
-    if not stat or stat["mean"] is None:
-        return "–"
-    text = f"{stat['mean']:.2f}" if not std else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
-    return text
-
-
-def _delta_row(table: list[dict], metrics_: list[str]) -> list[str] | None:
-    base = next((r for r in table if r["system"] == "noisy"), None)
-    others = [r for r in table if r["system"] != "noisy"]
-    if base is None or len(others) != 1:
-        return None
-    cells = []
-    for m in metrics_:
-        a, b = others[0][m]["mean"], base[m]["mean"]
-        cells.append("–" if a is None or b is None else f"{a - b:+.2f}")
-    return ["Δ vs noisy", ""] + cells
-
-
-def markdown_table(table: list[dict], metrics_: list[str], first: str = "system", extra: dict[str, str] | None = None) -> str:
-    head = [first, "files"] + [HEADERS[m] for m in metrics_]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    for row in table:
-        name = row["system"] if extra is None else f"{extra[row['system']]}"
-        lines.append("| " + " | ".join([name, str(row["files"])] + [_cell(row[m]) for m in metrics_]) + " |")
-    delta = _delta_row(table, metrics_)
-    if delta is not None:
-        lines.append("| " + " | ".join(delta) + " |")
-    return "\n".join(lines)
-
-
-def summary_markdown(summary: dict) -> str:
-    meta, numbers = summary["provenance"], summary["results"]
-    lines = [f"# Evaluation: {meta['label']}", ""]
-    ckpt = meta.get("checkpoint")
-    if ckpt:
-        lines += [f"- checkpoint: `{ckpt['path']}` (stage {ckpt.get('stage')}, codec `{ckpt.get('codec')}`)",
-                  f"- method: {meta['method']}"]
-        prior = meta.get("clean_prior") or {}
-        noise = meta.get("noise_prior") or {}
-        flag = prior.get("in_domain_for_test_set")
-        lines += [f"- clean prior: {prior.get('name')} (domain {prior.get('domain')}; in-domain for the test set: "
-                  f"{'**yes**' if flag else 'no' if flag is False else 'unknown'})",
-                  f"- noise prior: {noise.get('name')} (domain {noise.get('domain')})"]
-    test = meta["test_set"]
-    lines += [f"- test set: enhanced `{test['enhanced']}`, reference `{test['reference']}`, noisy `{test['noisy']}`"
-              f" (domain {test.get('domain')}); {test['pairs']} files scored, {len(meta['failed'])} failed",
-              f"- scoring: {meta['sample_rate']} Hz mono; {meta['resampling']}",
-              f"- PESQ: {meta['pesq_mode']}", f"- DNSMOS: {meta['dnsmos_model']}",
-              "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()), ""]
-    metrics_ = numbers["metrics"]
-    if "hf_level" in metrics_:
-        lines[-1:-1] = ["- 4-8k columns: the 4-8 kHz band alone, which full-band scores barely weigh (does the estimate "
-                        "keep fricatives?); level 0 dB: kept, -30 dB: deleted (definitions: summary.json)"]
-    lines += ["Mean over files (NaN scores excluded; see per_file.csv).", "", markdown_table(numbers["overall"], metrics_)]
-    for column, groups in numbers["conditions"].items():
-        lines += ["", f"## Per condition: {column}", ""]
-        head = [column, "system", "files"] + [HEADERS[m] for m in metrics_]
-        lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-        for value, table in groups.items():
-            for row in table:
-                lines.append("| " + " | ".join([value, row["system"], str(row["files"])] + [_cell(row[m]) for m in metrics_]) + " |")
-    if meta["failed"]:
-        lines += ["", "## Failed files", ""] + [f"- {f}" for f in meta["failed"]]
-    unmatched = {k: v for k, v in meta["unmatched"].items() if v}
-    if unmatched:
-        lines += ["", "## Unmatched files (not scored)", ""] + [f"- {role}: {len(v)} (e.g. `{v[0]}`)" for role, v in unmatched.items()]
-    return "\n".join(lines) + "\n"
-
-
 # --------------------------------------------------------------------------------------------
 # Writing
 
@@ -339,17 +252,7 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def write_outputs(output: Path, result: Evaluation, provenance: dict) -> dict:
+def write_outputs(output: Path, result: Evaluation, provenance: dict) -> Summary:
     """per_file.csv, summary.json and summary.md in `output`; returns the summary."""
     output.mkdir(parents=True, exist_ok=True)
     columns = ["file", "system"] + result.condition_columns + [m for m in METRICS if any(m in r for r in result.rows)]
@@ -359,8 +262,8 @@ def write_outputs(output: Path, result: Evaluation, provenance: dict) -> dict:
         writer.writeheader()
         for row in result.rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    summary = {"provenance": provenance, "results": summarise(result)}
-    (output / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    summary: Summary = {"provenance": provenance, "results": summarise(result)}
+    write_summary(output / "summary.json", summary)
     (output / "summary.md").write_text(summary_markdown(summary))
     return summary
 
@@ -462,7 +365,7 @@ def evaluate(cfg: DictConfig) -> int:
     started = time.perf_counter()
     if OmegaConf.is_missing(cfg, "output") or not cfg.output:
         log.error("output=DIR is required")
-        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     output = Path(cfg.output)
     jobs = default_jobs() if str(cfg.jobs) == "auto" else int(cfg.jobs)
@@ -490,7 +393,7 @@ def evaluate(cfg: DictConfig) -> int:
         return 1
     provenance = provenance_record(result=result, started=started, **provenance_args)
     summary = write_outputs(output, result, provenance)
-    print(markdown_table(summary["results"]["overall"], summary["results"]["metrics"]))
+    print(summary_table(summary["results"]["overall"], summary["results"]["metrics"]))
     for failure in result.failed:
         print(f"failed: {failure}")
     print(f"scored {len({r['file'] for r in result.rows})} files ({len(result.failed)} failed); "
@@ -518,28 +421,24 @@ def _load_conditions(spec, roots) -> dict[str, dict[str, str]]:
 
 
 def _evaluate_checkpoint(cfg: DictConfig, output: Path, jobs: int):
-    from usedddp.checkpoints import read_stage
-    from usedddp.enhance import EnhanceError, enhance_paths, find_run, load_enhancer
+    from usedddp.enhance import enhance_paths
+    from usedddp.inference import InferenceError, load_generator
 
     try:
-        checkpoint, run_dir = find_run(cfg.ckpt)
-    except EnhanceError as error:
+        model = load_generator(cfg.ckpt, cfg.device)
+    except InferenceError as error:
         raise EvaluateError(str(error)) from None
-    run_cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    run_cfg = model.config  # stored in the checkpoint: a checkpoint copied out of its run still names its test set
     noisy, clean, domain = resolve_test_set(run_cfg, cfg.data.root, cfg.data.noisy_dir, cfg.data.clean_dir, cfg.data.domain)
     enhanced = output / "enhanced"
     log.info("test set: noisy %s, reference %s (domain %s); enhanced files go to %s", noisy, clean, domain, enhanced)
     try:
-        generator, _ = load_enhancer(checkpoint, cfg.device)
-        report = enhance_paths(generator, noisy, enhanced, chunk_seconds=float(cfg.chunk_seconds),
+        report = enhance_paths(model.generator, noisy, enhanced, chunk_seconds=float(cfg.chunk_seconds),
                                overlap_seconds=float(cfg.overlap_seconds), overwrite=bool(cfg.overwrite))
-    except EnhanceError as error:
+    except InferenceError as error:
         raise EvaluateError(str(error)) from None
-    del generator
-    try:
-        stage = read_stage(checkpoint)
-    except ValueError:
-        stage = None
+    checkpoint, run_dir, stage = model.checkpoint, model.run_dir, model.stage
+    del model
     conditions = _load_conditions(cfg.conditions, [clean, noisy])
     label = str(cfg.label or f"USE-DDP stage {stage}")
     result = evaluate_folders(enhanced, clean, noisy, label=label, conditions=conditions, dnsmos=bool(cfg.dnsmos), jobs=jobs)
@@ -547,8 +446,8 @@ def _evaluate_checkpoint(cfg: DictConfig, output: Path, jobs: int):
     codec = OmegaConf.select(run_cfg, "model.codec._target_", default=None)
     args = dict(label=label, enhanced=enhanced, reference=clean, noisy=noisy, domain=domain,
                 method=str(cfg.method or "USE-DDP (unsupervised speech enhancement with data-defined priors)"),
-                checkpoint={"path": str(checkpoint), "run_dir": str(run_dir), "stage": stage, "codec": codec,
-                            "run_name": run_cfg.get("run_name")},
+                checkpoint={"path": str(checkpoint), "run_dir": None if run_dir is None else str(run_dir), "stage": stage,
+                            "codec": codec, "run_name": run_cfg.get("run_name")},
                 clean_prior=_corpus(run_cfg, "prior", domain), noise_prior=_corpus(run_cfg, "noise", domain))
     return result, args
 
@@ -559,12 +458,17 @@ ConfigStore.instance().store(name="evaluate", node=OmegaConf.load(CONFIG_DIR / "
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name="evaluate")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     code = evaluate(cfg)
     if code:
         sys.exit(code)
 
 
-if __name__ == "__main__":
+def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    prepare_argv()  # ckpt= paths with '=' in them (older runs' step=N.ckpt) are taken as typed
+    _main()
+
+
+if __name__ == "__main__":
     main()

@@ -1,4 +1,9 @@
-"""Staged USE-DDP training: `python -m usedddp.train [experiment=...] [overrides]`."""
+"""Staged USE-DDP training: `python -m usedddp.train [experiment=...] [overrides]`.
+
+The recipe: build the data and the model, then fit training stages 1, 2, 3 in turn, each from
+the previous one's weights, with its own trainer, loggers and checkpoints under
+<run>/stage<k>/; summary.json records every stage's scores, the priors and the audit.
+"""
 
 from __future__ import annotations
 
@@ -17,20 +22,22 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from usedddp.assets import DEMO_ROOT
+from usedddp.audit import compact, training_audit
+from usedddp.callbacks import RunConfigInCheckpoint
 from usedddp.checkpoints import find_checkpoint, load_checkpoint, read_stage
+from usedddp.config import CONFIG_DIR, UsageError, prepare_argv
 from usedddp.examples import write_examples
 from usedddp.loggers import stage_logger
+from usedddp.models.build import build_module
+from usedddp.stages import TRAINING_STAGES, TrainingStage
 
 log = logging.getLogger("usedddp.train")
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-
-if not OmegaConf.has_resolver("usedddp_demo_root"):
-    OmegaConf.register_new_resolver("usedddp_demo_root", lambda: str(DEMO_ROOT))
-
 
 def train(cfg: DictConfig) -> dict:
+    stages = [int(s) for s in cfg.stages]
+    budgets = {stage: stage_budget(cfg, stage) for stage in stages}  # refuses a stage without one, before any work
+    check_accelerator(cfg)
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -45,8 +52,7 @@ def train(cfg: DictConfig) -> dict:
     audit = _audit(cfg)
 
     datamodule = instantiate(cfg.data)
-    module = instantiate(cfg.model)
-    stages = [int(s) for s in cfg.stages]
+    module = build_module(cfg.model)
 
     resume = find_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
     if resume is not None:
@@ -79,8 +85,10 @@ def train(cfg: DictConfig) -> dict:
     }
 
     for stage in stages:
-        module.stage = datamodule.stage = stage
-        summary["stages"][str(stage)] = _fit_stage(cfg, module, datamodule, stage, run_dir, resume if stage == stages[0] else None, audit)
+        spec = TRAINING_STAGES[stage]
+        module.training_stage = datamodule.training_stage = spec
+        summary["stages"][str(stage)] = _fit_stage(cfg, module, datamodule, spec, budgets[stage], run_dir,
+                                                   resume if stage == stages[0] else None, audit)
         summary["wall_time_s"] = round(time.time() - started, 1)
         _write_summary(summary_path, summary)
 
@@ -102,19 +110,43 @@ def _write_summary(path: Path, summary: dict) -> None:
 
 def _audit(cfg: DictConfig) -> dict | None:
     """The corpus audit (usedddp.audit) on global rank 0, which alone writes the summary and logs;
-    its table and warnings go to train.log. Imported here: usedddp.audit imports this module."""
+    its table and warnings go to train.log."""
     if rank_zero_only.rank != 0:
         return None
-    from usedddp.audit import training_audit
-
     return training_audit(cfg, log)
 
 
-def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, resume: Path | None,
-               audit: dict | None = None) -> dict:
+def stage_budget(cfg: DictConfig, stage: int) -> int:
+    """Generator steps for training stage `stage`: trainer.max_steps when set (one budget the user
+    typed, for every stage), else the experiment's stage_max_steps[stage]."""
+    if cfg.trainer.get("max_steps") is not None:
+        steps = int(cfg.trainer.max_steps)
+    else:
+        budgets = cfg.get("stage_max_steps") or {}
+        steps = budgets.get(stage, budgets.get(str(stage)))
+        if steps is None:
+            raise UsageError(f"training stage {stage} has no step budget: set trainer.max_steps=N (every stage) or "
+                             f"stage_max_steps.{stage}=N")
+        steps = int(steps)
+    if steps < 1:
+        raise UsageError(f"training stage {stage}: a budget of {steps} steps; give at least 1 (trainer.max_steps=N)")
+    return steps
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """Refuse a GPU trainer on a machine without a CUDA device, naming the override that runs on
+    the CPU (Lightning would stop deep in a trace with 'No supported gpu backend found!')."""
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UsageError(f"trainer.accelerator={accelerator} (trainer=gpu or trainer=ddp, chosen by the experiment or the "
+                         "command line) needs a CUDA GPU and this machine has none: add trainer=default to run on the CPU, "
+                         "e.g. python -m usedddp.train experiment=vctk_unsup trainer=default ...")
+
+
+def _fit_stage(cfg: DictConfig, module, datamodule, spec: TrainingStage, max_steps: int, run_dir: Path,
+               resume: Path | None, audit: dict | None = None) -> dict:
+    stage = spec.number
     stage_dir = run_dir / f"stage{stage}"
-    budgets = cfg.stage_max_steps or {}
-    max_steps = int(budgets.get(stage, budgets.get(str(stage), cfg.trainer.max_steps)))
     datamodule.setup("fit")
     callbacks = {}
     for name, cb_cfg in cfg.callbacks.items():
@@ -127,11 +159,11 @@ def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, r
     prior, noise = _corpus_record(cfg.prior, cfg.data), _corpus_record(cfg.noise, cfg.data)
     loggers = [stage_logger(lg, stage, cfg.run_name, run_dir, prior, noise) for lg in cfg.logger.values()]
     hparams = OmegaConf.to_container(cfg, resolve=True)
+    # The resolved config in every checkpoint: a .ckpt copied anywhere rebuilds its generator.
+    callbacks["run_config"] = RunConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True))
     # The prior corpora and the in-domain flag, for grouping and filtering runs by prior.
     hparams["stage"], hparams["prior"]["in_domain"], hparams["noise"]["in_domain"] = stage, prior["in_domain"], noise["in_domain"]
     if audit is not None:
-        from usedddp.audit import compact
-
         # The audit's warnings and a few numbers per corpus, beside the settings in hparams["audit"].
         hparams["audit"] = {**hparams.get("audit", {}), **compact(audit)}
     for logger in loggers:
@@ -139,8 +171,7 @@ def _fit_stage(cfg: DictConfig, module, datamodule, stage: int, run_dir: Path, r
     trainer = instantiate(cfg.trainer, max_steps=max_steps, callbacks=list(callbacks.values()), logger=loggers)
 
     started = time.time()
-    source = "mixtures simulated from the prior corpora" if stage < 3 else "real noisy recordings + independent prior draws, no clean target"
-    log.info("stage %d: %d steps on %s", stage, max_steps, source)
+    log.info("training stage %d: %d steps on %s", stage, max_steps, spec.description)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     fit_seconds = time.time() - started
 
@@ -204,10 +235,20 @@ for _message in ("Using ModelCheckpoint with manual optimization", ".*LeafSpec.*
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+def _main(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    except UsageError as error:
+        log.error("refused: %s", error)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    prepare_argv()  # init_from= / ckpt_path= paths with '=' in them are taken as typed
+    _main()
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

@@ -15,6 +15,7 @@ from .batches import ValidationBatch, collate_simulated, collate_unpaired, colla
 from .corpus import AudioCorpus
 from .datasets import (VALIDATION_LEVEL_DB, SimulatedMixtures, UnpairedNoisy, ValidationClips,
                        pair_by_relative_path)
+from ..stages import TrainingStage, training_stage as stage_spec
 
 log = logging.getLogger("usedddp.data")
 
@@ -41,7 +42,8 @@ def _is_dir(path: str | None) -> bool:
 
 class USEDataModule(L.LightningDataModule):
     """Training data: simulated mixtures (stages 1-2) or real noisy + independent prior draws
-    (stage 3). `stage` may be reassigned between fits; corpora are built once and reused.
+    (stage 3). `training_stage` (a number or a usedddp.stages spec, the one the module trains)
+    may be reassigned between fits; corpora are built once and reused.
 
     Validation, in order of preference: `val_clips` clips of `val_noisy_dir` (with references
     from `val_clean_dir` when that folder exists); else `val_clips` files held out of
@@ -57,7 +59,7 @@ class USEDataModule(L.LightningDataModule):
                  val_noisy_dir: str | None = None, val_clean_dir: str | None = None, val_clips: int = 8,
                  val_max_seconds: float = 4.0, snr_db: tuple = (-5, 15), level_db: tuple = (-35, -15),
                  train_length: int = 100000, min_seconds: float = 0.1, preload: bool = True, seed: int = 0,
-                 stage: int = 1, root: str | None = None, domain: str | None = None,
+                 training_stage: int = 1, root: str | None = None, domain: str | None = None,
                  prior_speed_perturb: tuple | None = None):
         super().__init__()
         # root only serves config interpolation (${data.root}/...); domain labels the noisy data in logs.
@@ -70,12 +72,21 @@ class USEDataModule(L.LightningDataModule):
         # Hydra hands over ListConfig; plain float tuples pickle cheaply into workers.
         self.snr_db, self.level_db = tuple(map(float, snr_db)), tuple(map(float, level_db))
         self.train_length, self.min_seconds = int(train_length), float(min_seconds)
-        self.preload, self.seed, self.stage = bool(preload), int(seed), int(stage)
+        self.preload, self.seed = bool(preload), int(seed)
+        self.training_stage = training_stage
         # Speed perturbation of the clean-prior draws (stages 1-3; not of validation).
         self.prior_speed_perturb = None if prior_speed_perturb is None else tuple(map(float, prior_speed_perturb))
         self._corpora: dict[str, AudioCorpus] = {}
         self._val_plan: _ValPlan | None = None
         self._val_set = None
+
+    @property
+    def training_stage(self) -> TrainingStage:
+        return self._training_stage
+
+    @training_stage.setter
+    def training_stage(self, value: int | TrainingStage) -> None:
+        self._training_stage = stage_spec(value)
 
     @property
     def num_samples(self) -> int:
@@ -109,7 +120,8 @@ class USEDataModule(L.LightningDataModule):
         return self._validation_plan().has_references
 
     def setup(self, stage: str | None = None) -> None:
-        for key in ("prior", "noise", "noisy_train") if self.stage == 3 else ("prior", "noise"):
+        # `stage` is Lightning's ("fit", "validate"); what is built depends on the training stage.
+        for key in ("prior", "noise", "noisy_train") if self.training_stage.data == "real_noisy" else ("prior", "noise"):
             self._corpus(key)
         if self._val_set is None:
             self._val_set = self._build_validation()
@@ -189,15 +201,15 @@ class USEDataModule(L.LightningDataModule):
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
-        if self.stage in (1, 2):
+        if self.training_stage.data == "simulated":
             dataset = SimulatedMixtures(self.prior, self.noise, self.num_samples, self.snr_db, self.level_db,
                                         self.train_length, self.seed, speed=self.prior_speed_perturb)
             return self._loader(dataset, collate_simulated, self.batch_size, True, self.num_workers)
-        if self.stage == 3:
+        if self.training_stage.data == "real_noisy":
             dataset = UnpairedNoisy(self.noisy_train, self.prior, self.noise, self.num_samples, self.level_db,
                                     self.train_length, self.seed, speed=self.prior_speed_perturb)
             return self._loader(dataset, collate_unpaired, self.batch_size, True, self.num_workers)
-        raise ValueError(f"stage must be 1, 2 or 3, got {self.stage}")
+        raise ValueError(f"training stage {self.training_stage.number}: unknown training data {self.training_stage.data!r}")
 
     def val_dataloader(self) -> DataLoader:
         if self._val_set is None:

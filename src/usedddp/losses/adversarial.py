@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from usedddp.models.components.discriminator import DiscriminatorOutput
+from usedddp.outputs import DiscriminatorOutput
 
 
 def discriminator_loss(real: DiscriminatorOutput, fake: DiscriminatorOutput) -> Tensor:

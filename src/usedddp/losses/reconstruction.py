@@ -1,4 +1,5 @@
-"""Reconstruction losses (seed 002, eq. 3): multi-scale mel + multi-resolution STFT + SI-SDR,
+"""Reconstruction losses (Klement, "Speech Enhancement using Neural Audio Codecs", eq. 3):
+multi-scale mel + multi-resolution STFT + SI-SDR,
 taken from DAC's loss module."""
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ class ReconstructionLoss(nn.Module):
 
 
 def scale_anchor_loss(alpha: Tensor, beta: Tensor) -> Tensor:
-    """mean(log|alpha|^2 + log|beta|^2), 0 when both scales are 1.
+    """mean((log|alpha|)^2 + (log|beta|)^2), 0 when both scales are 1.
 
-    alpha and beta (seed 002, eq. 1) make the reconstruction blind to each stream's level;
+    alpha and beta (Klement, eq. 1) make the reconstruction blind to each stream's level;
     anchoring them near 1 keeps DAC's tanh outputs from drifting into saturation."""
     return (torch.log(alpha.abs() + 1e-4) ** 2 + torch.log(beta.abs() + 1e-4) ** 2).mean()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from usedddp.models.components.branch import BranchOutput, RoFormerBranch
+from usedddp.models.components.codec import Codec
 from usedddp.models.components.mixture import least_squares_scales
 
 STREAMS = ("clean", "noise")
@@ -24,7 +26,7 @@ class GeneratorOutput:
 
 
 class Generator(nn.Module):
-    def __init__(self, codec: nn.Module, clean: RoFormerBranch, noise: RoFormerBranch):
+    def __init__(self, codec: Codec, clean: RoFormerBranch, noise: RoFormerBranch):
         super().__init__()
         self.codec = codec
         self.branches = nn.ModuleDict({"clean": clean, "noise": noise})
@@ -49,3 +51,10 @@ class Generator(nn.Module):
             out.alpha, out.beta = least_squares_scales(wav, out.clean, out.noise)
             out.reconstruction = out.alpha * out.clean + out.beta * out.noise
         return out
+
+
+def build_generator(codec: Codec, branch: Callable[[int], nn.Module]) -> Generator:
+    """The generator of a model config: `branch` (the config's partial RoFormerBranch) builds the
+    clean and the noise branch over the codec's latent. The LightningModule and the inference
+    path (usedddp.inference) both build it here."""
+    return Generator(codec, clean=branch(codec.latent_dim), noise=branch(codec.latent_dim))

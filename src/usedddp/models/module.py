@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from dataclasses import dataclass
 from typing import Callable
 
 import lightning as L
@@ -19,32 +18,11 @@ from torch import Tensor, nn
 from usedddp.losses.adversarial import discriminator_loss, feature_matching_loss, generator_loss
 from usedddp.losses.reconstruction import ReconstructionLoss, scale_anchor_loss
 from usedddp.metrics import band_level_db, band_si_sdr, dnsmos, estoi, pesq_wb, si_sdr
-from usedddp.models.components.discriminator import DiscriminatorOutput
-from usedddp.models.generator import Generator, GeneratorOutput
+from usedddp.models.generator import GeneratorOutput, build_generator
+from usedddp.outputs import DiscriminatorOutput
+from usedddp.stages import ENSEMBLES, TrainingStage, training_stage as stage_spec
 
 log = logging.getLogger(__name__)
-
-ENSEMBLES = ("clean", "noise", "noisy")
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    streams: tuple[str, ...]  # generator branches that run
-    ensembles: tuple[str, ...]  # discriminator ensembles that play
-    targets: tuple[str, ...]  # streams with a supervised target (simulated mixtures)
-    mixture: bool  # reconstruction of the input from alpha * s_hat + beta * n_hat
-
-
-# Seed 002, §3: (1) pretrain E, R_CS, D and D_CS on simulated mixtures; (2) add R_N and D_N,
-# train both streams and the noisy-speech reconstruction; (3) drop the clean-speech target and
-# keep only the adversarial priors and the reconstruction consistency. The noisy ensemble
-# judges the reconstruction, so it plays from stage 2 on.
-STAGES = {
-    1: StageSpec(streams=("clean",), ensembles=("clean",), targets=("clean",), mixture=False),
-    2: StageSpec(streams=("clean", "noise"), ensembles=ENSEMBLES, targets=("clean", "noise"), mixture=True),
-    3: StageSpec(streams=("clean", "noise"), ensembles=ENSEMBLES, targets=(), mixture=True),
-}
-
 
 class USEDDPModule(L.LightningModule):
     def __init__(
@@ -59,7 +37,7 @@ class USEDDPModule(L.LightningModule):
         scheduler_g: Callable | None = None,
         scheduler_d: Callable | None = None,
         grad_clip_val: float = 1000.0,
-        stage: int = 1,
+        training_stage: int = 1,
         full_metrics_every_n_val: int = 5,
         val_dnsmos: bool = True,
         sample_rate: int = 16000,
@@ -67,11 +45,7 @@ class USEDDPModule(L.LightningModule):
     ):
         super().__init__()
         self.automatic_optimization = False
-        self.generator = Generator(codec, clean=branch(codec.latent_dim), noise=branch(codec.latent_dim))
-        for name in ("clean", "noise"):
-            copied = self.generator.branches[name].quantizer.load_release(getattr(codec, "release_quantizer_state", {}))
-            if copied:
-                log.info("%s branch: %d codebooks copied from the DAC release quantizer", name, copied)
+        self.generator = build_generator(codec, branch)
         self.discriminators = nn.ModuleDict({name: discriminator() for name in ENSEMBLES})
         self.reconstruction = reconstruction
         unknown = set(loss_weights) - set(LOSS_KEYS)
@@ -90,7 +64,7 @@ class USEDDPModule(L.LightningModule):
         self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
         self.scheduler_g, self.scheduler_d = scheduler_g, scheduler_d
         self.grad_clip_val = grad_clip_val
-        self.stage = stage
+        self.training_stage = training_stage
         self.full_metrics_every_n_val = full_metrics_every_n_val
         # DNSMOS scores 9 s windows (clips are tiled to fill one): about 0.2 s a window on a CPU.
         self.val_dnsmos = val_dnsmos
@@ -102,18 +76,14 @@ class USEDDPModule(L.LightningModule):
         self._val_rows: list[dict[str, float]] = []
 
     @property
-    def stage(self) -> int:
-        return self._stage
+    def training_stage(self) -> TrainingStage:
+        """The USE-DDP training stage (1, 2, 3) being trained, as its spec (usedddp.stages);
+        assign a number or a spec."""
+        return self._training_stage
 
-    @stage.setter
-    def stage(self, value: int) -> None:
-        if value not in STAGES:
-            raise ValueError(f"stage must be one of {sorted(STAGES)}, got {value}")
-        self._stage = value
-
-    @property
-    def spec(self) -> StageSpec:
-        return STAGES[self.stage]
+    @training_stage.setter
+    def training_stage(self, value: int | TrainingStage) -> None:
+        self._training_stage = stage_spec(value)
 
     def configure_optimizers(self):
         opt_g = self.optimizer_g(self.generator.parameters())
@@ -124,27 +94,35 @@ class USEDDPModule(L.LightningModule):
     # -- training -----------------------------------------------------------------------------
 
     def training_step(self, batch, batch_idx: int) -> None:
-        spec = self.spec
-        out = self.generator(batch.noisy, streams=spec.streams)
-        fakes = self.fakes(out)
-        reals = {"clean": batch.clean_prior, "noise": batch.noise_prior, "noisy": batch.noisy}
         opt_g, opt_d = self.optimizers()
-
-        d_terms = self.discriminator_terms(reals, fakes)
-        self.toggle_optimizer(opt_d)
-        # The raw optimizer, so that Lightning's global_step (and trainer.max_steps) counts
-        # generator steps only: one per batch.
-        self._optimizer_step(opt_d.optimizer, sum(d_terms.values()), self.discriminators, "d")
-        self.untoggle_optimizer(opt_d)
-
-        self.toggle_optimizer(opt_g)
-        g_terms = self.generator_terms(batch, out, reals, fakes)
-        g_total = sum(self.loss_weights[k] * v for k, v in g_terms.items())
-        self._optimizer_step(opt_g, g_total, self.generator, "g")
-        self.untoggle_optimizer(opt_g)
+        self.train_step(batch, opt_g, opt_d)
         for scheduler in self.lr_schedulers() if isinstance(self.lr_schedulers(), list) else [self.lr_schedulers()]:
             if scheduler is not None:
                 scheduler.step()
+
+    def train_step(self, batch, opt_g, opt_d) -> dict[str, Tensor]:
+        """One discriminator step, then one generator step, on `batch`: everything training_step
+        does each batch but the schedulers (clipping, the finite checks and their all-ranks
+        decision, the logs). It also runs without a Trainer (plain torch optimizers, one
+        process, nothing logged), so that the benchmarks time this step and not a copy of it.
+        Returns the detached logged values."""
+        spec = self.training_stage
+        out = self.generator(batch.noisy, streams=spec.streams)
+        fakes = self.fakes(out)
+        reals = {"clean": batch.clean_prior, "noise": batch.noise_prior, "noisy": batch.noisy}
+
+        d_terms = self.discriminator_terms(reals, fakes)
+        self._toggle(opt_d, True)
+        # The raw optimizer, so that Lightning's global_step (and trainer.max_steps) counts
+        # generator steps only: one per batch.
+        self._optimizer_step(getattr(opt_d, "optimizer", opt_d), sum(d_terms.values()), self.discriminators, "d")
+        self._toggle(opt_d, False)
+
+        self._toggle(opt_g, True)
+        g_terms = self.generator_terms(batch, out, reals, fakes)
+        g_total = sum(self.loss_weights[k] * v for k, v in g_terms.items())
+        self._optimizer_step(opt_g, g_total, self.generator, "g")
+        self._toggle(opt_g, False)
 
         logged = {f"train/{k}": v.detach() for k, v in {**d_terms, **g_terms}.items()}
         logged["train/g/total"] = g_total.detach()
@@ -152,13 +130,20 @@ class USEDDPModule(L.LightningModule):
             logged.update(scale_stats(out.alpha, "train/alpha"))
             logged.update(scale_stats(out.beta, "train/beta"))
         for stream, branch in out.branches.items():
-            logged.update(codebook_stats(branch.codes, self._codebook_size(stream), f"train/codebook/{stream}"))
+            logged.update(codebook_stats(branch.codes, self.generator.branches[stream].quantizer.codebook_size, f"train/codebook/{stream}"))
         logged["train/lr/g"] = torch.tensor(opt_g.param_groups[0]["lr"])
-        logged["train/lr/d"] = torch.tensor(opt_d.optimizer.param_groups[0]["lr"])
-        logged["train/stage"] = torch.tensor(float(self.stage))
+        logged["train/lr/d"] = torch.tensor(opt_d.param_groups[0]["lr"])
+        logged["train/stage"] = torch.tensor(float(spec.number))
         logged["train/d/total"] = sum(d_terms.values()).detach()
-        self.log_dict(logged, on_step=True, batch_size=batch.noisy.shape[0])
-        self.log_dict({"g": g_total.detach(), "d": logged["train/d/total"]}, prog_bar=True, logger=False, batch_size=batch.noisy.shape[0])
+        if self._trainer is not None:
+            self.log_dict(logged, on_step=True, batch_size=batch.noisy.shape[0])
+            self.log_dict({"g": g_total.detach(), "d": logged["train/d/total"]}, prog_bar=True, logger=False, batch_size=batch.noisy.shape[0])
+        return logged
+
+    def _toggle(self, optimizer, on: bool) -> None:
+        # Lightning's toggling (requires_grad off for the other player's parameters) needs its Trainer.
+        if self._trainer is not None:
+            (self.toggle_optimizer if on else self.untoggle_optimizer)(optimizer)
 
     def fakes(self, out: GeneratorOutput) -> dict[str, Tensor]:
         return {"clean": out.clean, "noise": out.noise, "noisy": out.reconstruction}
@@ -166,7 +151,7 @@ class USEDDPModule(L.LightningModule):
     def discriminator_terms(self, reals: dict[str, Tensor], fakes: dict[str, Tensor]) -> dict[str, Tensor]:
         """LS-GAN discriminator loss per playing ensemble; fakes are detached, so this step
         cannot reach the generator."""
-        return {f"d/{name}": discriminator_loss(*self.judge(name, reals[name], fakes[name].detach())) for name in self.spec.ensembles}
+        return {f"d/{name}": discriminator_loss(*self.judge(name, reals[name], fakes[name].detach())) for name in self.training_stage.ensembles}
 
     def judge(self, name: str, *wavs: Tensor) -> list[DiscriminatorOutput]:
         """One pass of ensemble `name` over signals stacked on the batch axis: half the kernel
@@ -176,11 +161,11 @@ class USEDDPModule(L.LightningModule):
 
     def generator_terms(self, batch, out: GeneratorOutput, reals: dict[str, Tensor], fakes: dict[str, Tensor]) -> dict[str, Tensor]:
         """Unweighted generator loss terms, keyed as in `loss_weights` (and the logs)."""
-        spec, terms = self.spec, {}
+        spec, terms = self.training_stage, {}
         for stream in spec.targets:
             for name, value in self.reconstruction(fakes[stream], getattr(batch, stream)).items():
                 terms[f"g/{stream}/{name}"] = value
-        if self.stage == 3 and self.stage3_prior_mixture > 0:
+        if spec.number == 3 and self.stage3_prior_mixture > 0:
             sources = {"clean": batch.clean_prior, "noise": batch.noise_prior}
             simulated = self.generator(sources["clean"] + sources["noise"], streams=spec.streams)
             for stream, target in sources.items():
@@ -206,9 +191,14 @@ class USEDDPModule(L.LightningModule):
         skipped on every process, counted, and the weights are untouched."""
         optimizer.zero_grad(set_to_none=True)
         finite = bool(torch.isfinite(loss.detach()))
-        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        attached = self._trainer is not None
+        if attached:  # every process takes the same decision (else DDP's gradient all-reduce hangs)
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
-            self.manual_backward(loss)
+            if attached:
+                self.manual_backward(loss)
+            else:
+                loss.backward()
             # Pre-clip L2 norms: the total (what is clipped) and per part (generator: encoder,
             # decoder, clean and noise branches; discriminators: one per ensemble).
             parts: dict[str, list[Tensor]] = {}
@@ -220,12 +210,14 @@ class USEDDPModule(L.LightningModule):
             finite = bool(torch.isfinite(norm))
             if finite and part_norms:
                 torch.nn.utils.clip_grads_with_norm_([p for params in parts.values() for p in params], self.grad_clip_val, norm)
-            self.log_dict({f"train/grad_norm/{name}": norm, **{f"train/grad_norm/{name}/{part}": v for part, v in part_norms.items()}}, on_step=True)
+            if attached:
+                self.log_dict({f"train/grad_norm/{name}": norm, **{f"train/grad_norm/{name}/{part}": v for part, v in part_norms.items()}}, on_step=True)
         if not finite:
             optimizer.zero_grad(set_to_none=True)
             self.skipped_steps[name] += 1
-            log.warning("stage %d step %d: non-finite %s loss or gradient, %s step skipped (%d so far)", self.stage, self.global_step, name, name, self.skipped_steps[name])
-            self.log(f"train/skipped/{name}", float(self.skipped_steps[name]), on_step=True)
+            log.warning("training stage %d step %d: non-finite %s loss or gradient, %s step skipped (%d so far)", self.training_stage.number, self.global_step, name, name, self.skipped_steps[name])
+            if attached:
+                self.log(f"train/skipped/{name}", float(self.skipped_steps[name]), on_step=True)
             # With every gradient None the optimizer leaves weights and state alone, but Lightning
             # still counts the step: trainer.max_steps bounds the batches (with max_epochs=-1 a
             # persistently non-finite loss would otherwise never end the stage).
@@ -233,10 +225,6 @@ class USEDDPModule(L.LightningModule):
             return False
         optimizer.step()
         return True
-
-    def _codebook_size(self, stream: str) -> int:
-        rvq = getattr(self.generator.branches[stream].quantizer, "rvq", None)
-        return int(getattr(rvq, "codebook_size", 0)) if rvq is not None else 0
 
     # -- validation -----------------------------------------------------------------------------
 
@@ -299,12 +287,13 @@ class USEDDPModule(L.LightningModule):
     # -- checkpoints ----------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["usedddp"] = {"stage": self.stage, "skipped_steps": dict(self.skipped_steps)}
+        # Beside what callbacks.RunConfigInCheckpoint stored there (the config that rebuilds the model).
+        checkpoint.setdefault("usedddp", {}).update(stage=self.training_stage.number, skipped_steps=dict(self.skipped_steps))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         meta = checkpoint.get("usedddp", {})
         if "stage" in meta:
-            self.stage = int(meta["stage"])
+            self.training_stage = int(meta["stage"])
         self.skipped_steps = Counter(meta.get("skipped_steps", {}))
 
 

@@ -1,4 +1,5 @@
-"""One stream of the generator: a RoFormer over the codec latent, then residual VQ (seed 002, §2)."""
+"""One stream of the generator: a RoFormer over the codec latent, then residual VQ (Klement,
+"Speech Enhancement using Neural Audio Codecs", §2)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from einops import rearrange
 from rotary_embedding_torch import RotaryEmbedding
 from torch import Tensor, nn
 
-from usedddp.models.components.codec import ResidualQuantizer
+from usedddp.models.components.quantizer import ResidualQuantizer
 
 
 @dataclass

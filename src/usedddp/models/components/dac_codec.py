@@ -1,9 +1,8 @@
-"""The codec adapter: the one place that imports `dac`.
+"""The DAC adapter: DAC's encoder and decoder behind the codec contract (codec.Codec), and the
+loading of DAC release weights into a built generator (codec and branch codebooks).
 
-A codec maps a waveform (B, 1, T) to a latent sequence z (B, D, N) and back. Everything
-downstream (branches, quantizers, discriminators) only sees this interface, so another codec
-can stand in for DAC's convolutional encoder/decoder (stft_codec.STFTCodec does: `decode` takes
-the input waveform as `reference=` for codecs that filter it).
+dac is imported here for its codec; the discriminators, the quantizer and the reconstruction
+losses take their own parts of it.
 """
 
 from __future__ import annotations
@@ -25,17 +24,14 @@ with warnings.catch_warnings():
     # checkpoints store weight_g/weight_v, so we keep that parametrisation.
     warnings.simplefilter("ignore", FutureWarning)
     from dac.model.dac import Decoder, Encoder
-    from dac.nn.quantize import ResidualVectorQuantize
+
+from usedddp.models.components.codec import Codec
 
 
-class DACCodec(nn.Module):
-    """DAC's encoder and decoder (Kumar et al. 2023) with DAC's argument names.
-
-    `weights` is a DAC release file (a dict with `state_dict` and `metadata.kwargs`); when
-    given, the encoder and decoder start from it (seed 000: pretrained DAC improves
-    convergence). The quantizer of the release is kept in `release_quantizer_state` so the
-    branches can copy it where shapes allow.
-    """
+class DACCodec(Codec):
+    """DAC's encoder and decoder (Kumar et al., "High-Fidelity Audio Compression with Improved
+    RVQGAN", NeurIPS 2023) with DAC's argument names, from random weights (DAC's own
+    initialisation); load_dac_weights starts them from a release file."""
 
     def __init__(
         self,
@@ -45,26 +41,16 @@ class DACCodec(nn.Module):
         latent_dim: int | None = None,
         decoder_dim: int = 1536,
         decoder_rates: tuple[int, ...] = (8, 5, 4, 2),
-        weights: str | None = None,
     ):
-        super().__init__()
         encoder_rates, decoder_rates = list(encoder_rates), list(decoder_rates)
         if latent_dim is None:
             latent_dim = encoder_dim * 2 ** len(encoder_rates)
-        self.sample_rate = sample_rate
-        self.latent_dim = latent_dim
-        self.hop_length = int(np.prod(encoder_rates))
+        super().__init__(sample_rate, int(np.prod(encoder_rates)), latent_dim)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             self.encoder = Encoder(encoder_dim, encoder_rates, latent_dim)
             self.decoder = Decoder(latent_dim, decoder_dim, decoder_rates)
         self.apply(_init_weights)
-        self.weights = weights
-        self.release_quantizer_state: dict[str, torch.Tensor] = {}
-        if weights:
-            self.load_release(weights)
-        else:
-            log.warning("codec: no DAC weights given (model.codec.weights=null): encoder and decoder start from random weights")
 
     def n_frames(self, num_samples: int) -> int:
         # One frame beyond ceil(T / hop): DAC's decoder returns a few samples fewer than
@@ -84,24 +70,6 @@ class DACCodec(nn.Module):
         if wav.shape[-1] < length:
             raise RuntimeError(f"decoder returned {wav.shape[-1]} samples for {length} requested; encode() pads too little")
         return wav[..., :length]
-
-    def load_release(self, path: str | Path) -> None:
-        state, kwargs = load_dac_release(path)
-        if "sample_rate" in kwargs and int(kwargs["sample_rate"]) != self.sample_rate:
-            raise ValueError(f"{path}: DAC weights are for {int(kwargs['sample_rate'])} Hz, the model runs at {self.sample_rate} Hz")
-        own = {k: v for k, v in state.items() if k.split(".")[0] in ("encoder", "decoder")}
-        mismatched = [k for k, v in own.items() if k in self.state_dict() and self.state_dict()[k].shape != v.shape]
-        if mismatched:
-            raise ValueError(
-                f"{path}: DAC weights do not fit this codec configuration ({len(mismatched)} tensors differ in shape, "
-                f"e.g. {mismatched[0]}: {tuple(own[mismatched[0]].shape)} vs {tuple(self.state_dict()[mismatched[0]].shape)}); "
-                f"the file's kwargs are {kwargs}"
-            )
-        result = self.load_state_dict(own, strict=False)
-        if result.missing_keys:
-            raise ValueError(f"{path}: DAC weights lack {len(result.missing_keys)} codec tensors, e.g. {result.missing_keys[0]}")
-        self.release_quantizer_state = {k.removeprefix("quantizer."): v for k, v in state.items() if k.startswith("quantizer.")}
-        log.info("codec: loaded DAC encoder and decoder (%d tensors) from %s", len(own), path)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -138,40 +106,35 @@ def load_dac_release(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return package["state_dict"], kwargs
 
 
-class ResidualQuantizer(nn.Module):
-    """DAC's residual vector quantizer (factorised codes, Kumar et al. 2023), or identity when
-    `n_codebooks` is 0 so the cost of quantization can be measured."""
-
-    def __init__(self, input_dim: int, n_codebooks: int, codebook_size: int, codebook_dim: int, quantizer_dropout: float = 0.0):
-        super().__init__()
-        self.n_codebooks = n_codebooks
-        self.rvq = (
-            ResidualVectorQuantize(input_dim, n_codebooks, codebook_size, codebook_dim, quantizer_dropout)
-            if n_codebooks > 0
-            else None
+def load_dac_weights(generator: nn.Module, path: str | Path) -> dict[str, int]:
+    """Start a built generator from a DAC release file: its codec's encoder and decoder (every
+    tensor, shapes checked) and, where shapes allow, the first codebooks of each branch's RVQ.
+    Returns what was loaded. Refuses a codec that is not DACCodec, another sample rate, or
+    other shapes, naming the file."""
+    codec = generator.codec
+    if not isinstance(codec, DACCodec):
+        raise ValueError(f"{path}: DAC release weights fit model/codec=dac16k, not the {type(codec).__name__} of this "
+                         "model (drop model.codec.weights, or choose model/codec=dac16k)")
+    state, kwargs = load_dac_release(path)
+    if "sample_rate" in kwargs and int(kwargs["sample_rate"]) != codec.sample_rate:
+        raise ValueError(f"{path}: DAC weights are for {int(kwargs['sample_rate'])} Hz, the model runs at {codec.sample_rate} Hz")
+    own = {k: v for k, v in state.items() if k.split(".")[0] in ("encoder", "decoder")}
+    current = codec.state_dict()
+    mismatched = [k for k, v in own.items() if k in current and current[k].shape != v.shape]
+    if mismatched:
+        raise ValueError(
+            f"{path}: DAC weights do not fit this codec configuration ({len(mismatched)} tensors differ in shape, "
+            f"e.g. {mismatched[0]}: {tuple(own[mismatched[0]].shape)} vs {tuple(current[mismatched[0]].shape)}); "
+            f"the file's kwargs are {kwargs}"
         )
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z (B, D, N) -> (z_q (B, D, N), codes (B, Q, N), commitment loss, codebook loss)."""
-        if self.rvq is None:
-            zero = z.new_zeros(())
-            return z, z.new_zeros((z.shape[0], 0, z.shape[-1]), dtype=torch.long), zero, zero
-        # The codebook lookups are distance computations that bf16 makes ambiguous.
-        with torch.autocast(z.device.type, enabled=False):
-            z_q, codes, _, commitment, codebook = self.rvq(z.float())
-        return z_q, codes, commitment, codebook
-
-    def load_release(self, state: dict[str, torch.Tensor]) -> int:
-        """Copy the first codebooks of a DAC release quantizer where shapes allow; returns how many."""
-        if self.rvq is None or not state:
-            return 0
-        loaded = 0
-        for i, quantizer in enumerate(self.rvq.quantizers):
-            prefix = f"quantizers.{i}."
-            part = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-            own = quantizer.state_dict()
-            if not part or set(part) != set(own) or any(own[k].shape != part[k].shape for k in own):
-                break
-            quantizer.load_state_dict(part)
-            loaded += 1
-        return loaded
+    result = codec.load_state_dict(own, strict=False)
+    if result.missing_keys:
+        raise ValueError(f"{path}: DAC weights lack {len(result.missing_keys)} codec tensors, e.g. {result.missing_keys[0]}")
+    loaded = {"codec": len(own)}
+    log.info("codec: loaded DAC encoder and decoder (%d tensors) from %s", len(own), path)
+    quantizer = {k.removeprefix("quantizer."): v for k, v in state.items() if k.startswith("quantizer.")}
+    for name, branch in generator.branches.items():
+        loaded[f"{name}_codebooks"] = branch.quantizer.load_release(quantizer)
+        if loaded[f"{name}_codebooks"]:
+            log.info("%s branch: %d codebooks copied from the DAC release quantizer", name, loaded[f"{name}_codebooks"])
+    return loaded

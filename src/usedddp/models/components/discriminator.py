@@ -1,33 +1,20 @@
-"""Multi-resolution complex-STFT discriminator ensembles (seed 002, §2: an ensemble of STFT
-discriminators with different window sizes, as in neural audio codecs)."""
+"""Multi-resolution complex-STFT discriminator ensembles (Klement, "Speech Enhancement using
+Neural Audio Codecs", §2: an ensemble of STFT discriminators with different window sizes, as in
+neural audio codecs)."""
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from usedddp.outputs import DiscriminatorOutput
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     from dac.model.discriminator import BANDS, MRD, WNConv2d
-
-
-@dataclass
-class DiscriminatorOutput:
-    logits: list[Tensor]  # one (B, 1, frames, bins) score map per resolution
-    features: list[list[Tensor]]  # per resolution, the hidden feature maps (B, C, frames, bins)
-
-    def chunk(self, n: int) -> list[DiscriminatorOutput]:
-        """Split an output over a batch of n stacked signals into n outputs."""
-        logits = [x.chunk(n) for x in self.logits]
-        features = [[x.chunk(n) for x in maps] for maps in self.features]
-        return [
-            DiscriminatorOutput(logits=[x[i] for x in logits], features=[[x[i] for x in maps] for maps in features])
-            for i in range(n)
-        ]
 
 
 class ComplexSTFTDiscriminator(MRD):

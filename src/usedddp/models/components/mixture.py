@@ -1,4 +1,5 @@
-"""Closed-form least-squares mixing scales (seed 002, eq. 1-2)."""
+"""Closed-form least-squares mixing scales (Klement, "Speech Enhancement using Neural Audio
+Codecs", eq. 1-2)."""
 
 from __future__ import annotations
 

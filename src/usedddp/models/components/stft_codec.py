@@ -1,7 +1,6 @@
 """A fixed-transform codec: STFT analysis in, a bounded mask on the input spectrum out.
 
-It stands where DAC's encoder and decoder stand (same interface: `sample_rate`, `latent_dim`,
-`hop_length`, `n_frames`, `encode`, `decode`, `release_quantizer_state`), so the two RoFormer
+It stands where DAC's encoder and decoder stand (the codec contract of codec.Codec), so the two RoFormer
 branches, their RVQ, the least-squares mixture and the three discriminator ensembles are
 unchanged. Only two thin linear maps learn here; the time-frequency transform itself is fixed
 and exactly invertible, so a from-scratch model spends its few CPU minutes on *separating*,
@@ -55,8 +54,10 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from usedddp.models.components.codec import Codec
 
-class STFTCodec(nn.Module):
+
+class STFTCodec(Codec):
     def __init__(
         self,
         sample_rate: int = 16000,
@@ -70,12 +71,8 @@ class STFTCodec(nn.Module):
         mask_init: float = 0.5,
         gate_level: str = "item_mean",
         gate_floor_quantile: float = 0.1,
-        weights: str | None = None,
     ):
-        super().__init__()
-        if weights:
-            raise ValueError(f"model.codec.weights={weights}: the STFT codec is a fixed transform and loads no weights "
-                             "(use model/codec=dac16k for DAC release weights)")
+        super().__init__(sample_rate, hop_length, latent_dim)
         if n_fft % hop_length or n_fft // hop_length < 2:
             raise ValueError(f"n_fft={n_fft} must be a multiple (>= 2) of hop_length={hop_length}")
         if not 0 < mask_init < mask_bound:
@@ -88,11 +85,8 @@ class STFTCodec(nn.Module):
             raise ValueError(f"gate_floor_quantile={gate_floor_quantile} must lie in [0, 1)")
         self.gate_level, self.gate_floor_quantile = gate_level, float(gate_floor_quantile)
         self.mask_type = mask
-        self.sample_rate = sample_rate
-        self.n_fft, self.hop_length, self.latent_dim = n_fft, hop_length, latent_dim
+        self.n_fft = n_fft
         self.compression, self.mask_bound = compression, mask_bound
-        self.weights = None
-        self.release_quantizer_state: dict[str, Tensor] = {}  # no release quantizer to copy
         n_bins = n_fft // 2 + 1
         # The window is a buffer (follows .to(device)) but not saved: it is a function of the config.
         self.register_buffer("window", _window(window, n_fft), persistent=False)

@@ -1,0 +1,216 @@
+"""From a checkpoint to enhanced audio: the generator alone (no discriminators, no losses), rebuilt
+from the config stored inside the checkpoint, and the chunked overlap-add that bounds memory.
+
+    model = load_generator("outputs/demo/2026-.../stage3/checkpoints/last.ckpt")   # or the run dir
+    clean, noise = enhance_waveform(model.generator, wav, chunk=160000, overlap=16000)  # wav (1, T)
+
+usedddp.enhance walks files with it, usedddp.evaluate enhances test sets with it, and
+scripts/benchmark_enhance.py times it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from usedddp.checkpoints import find_checkpoint, load_checkpoint
+from usedddp.config import register_resolvers
+from usedddp.data.datasets import VALIDATION_LEVEL_DB, level_gain
+from usedddp.models.build import split_weights
+from usedddp.models.generator import Generator, build_generator
+
+log = logging.getLogger("usedddp.inference")
+
+
+class InferenceError(ValueError):
+    """A model cannot be loaded or run as asked; the message names the file or the option."""
+
+
+@dataclass
+class LoadedModel:
+    generator: Generator  # in eval mode, on the requested device
+    config: DictConfig  # the training run's config (model, data, priors) as the checkpoint records it
+    checkpoint: Path
+    stage: int | None  # the USE-DDP training stage that wrote the checkpoint
+    run_dir: Path | None  # the run directory, when the checkpoint still sits in one
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """A torch device that exists here, or an InferenceError saying why not."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InferenceError(f"device={device}: not a torch device ({error}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InferenceError(f"device={device}: no CUDA device is available here (torch {torch.__version__}, "
+                                 f"built for CUDA {torch.version.cuda}); use device=cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InferenceError(f"device={device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise InferenceError(f"device={device}: use cpu, cuda or cuda:N")
+    return device
+
+
+def _run_dir(checkpoint: Path) -> Path | None:
+    """<run> for <run>/stage<k>/checkpoints/<name>.ckpt, when <run>/.hydra/config.yaml exists."""
+    parents = checkpoint.resolve().parents
+    if len(parents) > 2 and (parents[2] / ".hydra" / "config.yaml").is_file():
+        return parents[2]
+    return None
+
+
+def run_config(checkpoint: Path, state: dict) -> DictConfig:
+    """The config a checkpoint was trained with: the copy inside it, or (checkpoints written
+    before configs were stored in them) the run directory's .hydra/config.yaml."""
+    stored = (state.get("usedddp") or {}).get("config")
+    if stored is not None:
+        return OmegaConf.create(stored)
+    run_dir = _run_dir(checkpoint)
+    if run_dir is None:
+        raise InferenceError(f"{checkpoint}: this checkpoint stores no config (written by an older usedddp) and is not "
+                             "inside its run directory (<run>/stage<k>/checkpoints/); pass it there, beside <run>/.hydra")
+    register_resolvers()
+    return OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+
+
+def model_config(config: DictConfig, source: str | Path = "the config") -> dict:
+    """The `model` node as plain containers, resolved, without the training-time weight file."""
+    if "model" not in config:
+        raise InferenceError(f"{source}: no `model` node (not a usedddp training config)")
+    try:
+        model, _ = split_weights(config.model)  # the training-time start; the checkpoint holds the weights
+    except Exception as error:
+        raise InferenceError(f"{source}: the model config does not resolve ({type(error).__name__}: {error})") from error
+    return model
+
+
+def build_generator_from_config(model: dict, source: str | Path = "the config") -> Generator:
+    """The generator of a model config (the codec and the branch partial), nothing else."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated")
+            return build_generator(instantiate(model["codec"]), instantiate(model["branch"]))
+    except Exception as error:
+        raise InferenceError(f"{source}: cannot build the generator from its model config ({type(error).__name__}: {error})") from error
+
+
+def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """The generator of a checkpoint file or a run directory (its latest stage's last.ckpt), in
+    eval mode on `device`. Rebuilt from the config the checkpoint stores (never from pickled
+    objects); its weights are loaded with torch.load(weights_only=True), strictly."""
+    device = check_device(device)
+    try:
+        checkpoint = find_checkpoint(ckpt)
+        state = load_checkpoint(checkpoint)
+    except (FileNotFoundError, ValueError) as error:
+        raise InferenceError(str(error)) from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise InferenceError(f"{checkpoint}: not a usedddp training checkpoint (no 'state_dict')")
+    config = run_config(checkpoint, state)
+    generator = build_generator_from_config(model_config(config, checkpoint), checkpoint)
+    weights = {k.removeprefix("generator."): v for k, v in state["state_dict"].items() if k.startswith("generator.")}
+    try:
+        generator.load_state_dict(weights, strict=True)
+    except RuntimeError as error:
+        raise InferenceError(f"{checkpoint}: weights do not match the model its config describes: {error}") from error
+    generator = generator.to(device).eval()
+    stage = (state.get("usedddp") or {}).get("stage")
+    log.info("model: %s (stage %s, %d Hz, %.1f M generator parameters)", checkpoint, stage if stage is not None else "?",
+             generator.sample_rate, sum(p.numel() for p in generator.parameters()) / 1e6)
+    return LoadedModel(generator, config, checkpoint, None if stage is None else int(stage), _run_dir(checkpoint))
+
+
+# --------------------------------------------------------------------------------------------
+# One waveform
+
+
+def normalise_level(wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(wav at the level the model validated on, the gain applied): the whole file at -25 dBFS
+    RMS (the training recipe's validation level); divide the outputs by the gain to undo it."""
+    gain = level_gain(wav, VALIDATION_LEVEL_DB)
+    return wav * gain, gain
+
+
+def chunk_bounds(length: int, chunk: int, overlap: int, align: int = 1) -> list[tuple[int, int]]:
+    """(start, end) of the chunks covering `length` samples: starts on multiples of `align` (the
+    codec's hop, so every chunk sees the same frame grid as the whole file), neighbours
+    overlapping by at least `overlap`, the last chunk running to the end (< chunk + align long)."""
+    if length <= chunk:
+        return [(0, length)]
+    step = max(align, (chunk - overlap) // align * align)
+    last = (length - chunk) // align * align
+    starts = list(range(0, last, step)) + [last]
+    return [(s, s + chunk) for s in starts[:-1]] + [(last, length)]
+
+
+def fade(n: int) -> torch.Tensor:
+    """A strictly positive raised-cosine fade-in of n samples (its reverse fades out; they sum to 1)."""
+    return torch.sin(0.5 * math.pi * (torch.arange(n, dtype=torch.float32) + 0.5) / n) ** 2
+
+
+def overlap_add(fn: Callable[[torch.Tensor], dict[str, torch.Tensor | None]], wav: torch.Tensor, chunk: int | None = None,
+                overlap: int = 0, align: int = 1) -> dict[str, torch.Tensor | None]:
+    """Run `fn` (x (1, 1, t) -> {name: (1, 1, t) or None}) over wav (1, T) in chunks of about
+    `chunk` samples overlapping by at least `overlap`, starting on multiples of `align`, and
+    cross-fade the outputs by overlap-add (complementary raised-cosine fades, normalised by the
+    window sum): {name: (1, T) float32 on the CPU, or None}. Memory does not grow with the file;
+    a waveform no longer than one chunk (or chunk=None) is run whole."""
+    if wav.ndim != 2 or wav.shape[0] != 1:
+        raise ValueError(f"expected a mono waveform of shape (1, T), got {tuple(wav.shape)}")
+    length = wav.shape[-1]
+    chunk = length if chunk is None else int(chunk)
+    overlap = int(overlap)
+    if not 0 <= overlap < chunk or chunk < align:
+        raise ValueError(f"need 0 <= overlap < chunk and chunk >= {align} (one model frame), got overlap={overlap}, chunk={chunk}")
+    bounds = chunk_bounds(length, chunk, overlap, align)
+    if len(bounds) == 1:
+        return {k: None if v is None else v[0].float().cpu() for k, v in fn(wav[None]).items()}
+    acc: dict[str, torch.Tensor | None] = {}
+    norm = torch.zeros(length)
+    for i, (start, end) in enumerate(bounds):
+        weight = torch.ones(end - start)
+        if i > 0 and (n := bounds[i - 1][1] - start) > 0:  # fade in over the previous chunk's tail
+            weight[:n] *= fade(n)
+        if i + 1 < len(bounds) and (n := end - bounds[i + 1][0]) > 0:  # fade out over the next one's head
+            weight[-n:] *= fade(n).flip(0)
+        for name, stream in fn(wav[None, :, start:end]).items():
+            if stream is None:
+                acc[name] = None
+                continue
+            if name not in acc:
+                acc[name] = torch.zeros(1, length)
+            if acc[name] is not None:
+                acc[name][:, start:end] += stream[0].float().cpu() * weight
+        norm[start:end] += weight
+    return {name: None if a is None else a / norm for name, a in acc.items()}
+
+
+def enhance_waveform(generator: Generator, wav: torch.Tensor, chunk: int | None = None,
+                     overlap: int = 0, noise: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """wav (1, T) -> (clean (1, T), noise (1, T) or None) on the CPU, at the generator's sample
+    rate, in chunks (overlap_add) on the codec's frame grid.
+
+    `noise=False` runs the clean branch only (noise is None): the shared decoder then decodes one
+    stream instead of two, about half the cost (benchmarks/enhance_cpu.json), and the clean
+    stream is the same, since every stream is decoded independently of the other. Level
+    normalisation is the caller's business (normalise_level).
+    """
+    device = next(generator.parameters()).device
+    streams = ("clean", "noise") if noise else ("clean",)
+
+    def run(x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        out = generator(x.to(device), streams=streams)
+        return {"clean": out.clean, "noise": out.noise}
+
+    with torch.inference_mode():
+        out = overlap_add(run, wav, chunk, overlap, align=int(generator.codec.hop_length))
+    return out["clean"], out["noise"]
