@@ -115,6 +115,14 @@ def test_enhance_takes_every_checkpoint_the_run_wrote(tmp_path, trained):
         assert len(list((tmp_path / ckpt.stem).glob("*.flac"))) == 1
 
 
+def test_sampler_options_are_refused_for_a_use_ddp_run(tmp_path, trained):
+    clip = sorted((DEMO_ROOT / "noisy_testset").glob("*.flac"))[0]
+    result = _run([sys.executable, "-m", "usedddp.enhance", f"hydra.run.dir={tmp_path / 'hydra'}", f"ckpt={trained}",
+                   f"input={clip}", f"output={tmp_path / 'out'}", "method.sampler=fast"], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "USE-DDP run" in result.stdout, _tail(result.stdout)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_checkpoint_alone_elsewhere_enhances_even_with_equals_in_its_path(tmp_path, trained):
     # Copied out of its run (no .hydra beside it) into a folder named like a multirun job, under
     # an older Lightning-style name: the stored config rebuilds the model, the CLI quotes the path.
@@ -189,7 +197,8 @@ def test_every_declared_dependency_is_used():
     names = {d.split(";")[0].split("[")[0].split("=")[0].split("<")[0].split(">")[0].strip().lower() for d in declared}
     # Distribution name -> the import name(s) that use it; ones imported under their own name are found as is.
     imported_as = {"descript-audio-codec": "dac", "hydra-core": "hydra", "rotary-embedding-torch": "rotary_embedding_torch",
-                   "silero-vad": "silero_vad", "speechmos": "speechmos", "pesq": "pesq", "pystoi": "pystoi"}
+                   "silero-vad": "silero_vad", "speechmos": "speechmos", "pesq": "pesq", "pystoi": "pystoi",
+                   "ema-pytorch": "ema_pytorch"}
     used = set()
     for path in [*SRC.rglob("*.py"), *(ROOT / "scripts").glob("*.py")]:
         used |= {name.split(".")[0] for name in _imports(path)}

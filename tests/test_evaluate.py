@@ -86,7 +86,8 @@ def test_references_scored_against_themselves_and_noisy_row(tmp_path, test_set):
     assert _mean(summary, "oracle", "csig") > 4.5 and _mean(summary, "oracle", "covl") > 4.5
     assert _mean(summary, "oracle", "hf_si_sdr") > 60 and _mean(summary, "oracle", "hf_level") == pytest.approx(0.0, abs=1e-6)
     assert _mean(summary, "noisy", "hf_level") > 0  # the noise adds 4-8 kHz energy
-    for metric in ("pesq_wb", "pesq_nb", "estoi", "si_sdr", "hf_si_sdr", "csig", "cbak", "covl"):
+    assert _mean(summary, "oracle", "pesq_nb_raw") == pytest.approx(4.5, abs=1e-4)  # the raw P.862 ceiling
+    for metric in ("pesq_wb", "pesq_nb", "pesq_nb_raw", "estoi", "si_sdr", "hf_si_sdr", "csig", "cbak", "covl"):
         assert _mean(summary, "noisy", metric) < _mean(summary, "oracle", metric), metric
     # The noisy inputs' SI-SDR follows the SNRs they were mixed at (0 and 15 dB).
     by_snr = summary["results"]["conditions"]["snr_db"]
@@ -99,8 +100,9 @@ def test_references_scored_against_themselves_and_noisy_row(tmp_path, test_set):
     assert meta["sample_rate"] == 16000 and "wide-band" in meta["pesq_mode"] and "narrow-band" in meta["pesq_mode"]
     assert "sig_bak_ovr.onnx" in meta["dnsmos_model"]
     assert {"pesq", "pystoi", "speechmos", "onnxruntime", "torch"} <= set(meta["versions"])
-    assert summary["results"]["metrics"] == ["pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "hf_si_sdr", "hf_level",
+    assert summary["results"]["metrics"] == ["pesq_wb", "pesq_nb", "pesq_nb_raw", "stoi", "estoi", "si_sdr", "hf_si_sdr", "hf_level",
                                              "csig", "cbak", "covl", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl"]
+    assert "pypesq" in meta["metric_definitions"]["pesq_nb_raw"]
     assert "4-8 kHz" in meta["metric_definitions"]["hf_si_sdr"] and "-50" in meta["metric_definitions"]["hf_level"]
     with (out / "per_file.csv").open(newline="") as f:
         assert next(csv.reader(f)) == ["file", "system", *meta["test_set"]["condition_columns"], *summary["results"]["metrics"],

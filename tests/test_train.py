@@ -500,6 +500,7 @@ EXPERIMENT_OVERRIDES = {
     "demo": [],
     "vctk_unsup": ["data.root=/data/VCTK-DEMAND"],
     "codec_ablation": ["dac_weights=/models/weights_16khz.pth"],  # read by model/codec=dac16k_release only
+    "udiffse_prior": [],
 }
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -517,13 +518,15 @@ def test_experiments_are_found():
 def test_experiment_composes(name, tmp_path):
     assert name in EXPERIMENT_OVERRIDES, f"configs/experiment/{name}.yaml has no entry in EXPERIMENT_OVERRIDES (tests/test_train.py)"
     required = EXPERIMENT_OVERRIDES[name]
-    cfg = _compose([f"experiment={name}", "model=tiny", f"paths.output_dir={tmp_path}", *required])
+    # USE-DDP experiments are composed with the tiny model; a learned prior's experiment keeps its own.
+    model = [] if name == "udiffse_prior" else ["model=tiny"]
+    cfg = _compose([f"experiment={name}", *model, f"paths.output_dir={tmp_path}", *required])
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert resolved["run_name"]
     stages = [int(s) for s in cfg.stages]
     assert stages and set(stages) <= {1, 2, 3}, stages
     for key, budget in (cfg.stage_max_steps or {}).items():
-        assert int(key) in (1, 2, 3) and int(budget) > 0, (key, budget)
+        assert str(key) in ("1", "2", "3", "prior") and int(budget) > 0, (key, budget)
     for node in (cfg.prior, cfg.noise):
         assert {"name", "dir", "domain"} <= set(node), node
     datamodule = instantiate(cfg.data)
@@ -534,7 +537,7 @@ def test_experiment_composes(name, tmp_path):
         instantiate(cb_cfg, **({"dirpath": str(tmp_path / "ckpt")} if cb_cfg._target_.endswith("ModelCheckpoint") else {}))
     assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
     if required:  # the overrides really are required
-        bare = _compose([f"experiment={name}", "model=tiny", f"paths.output_dir={tmp_path}"])
+        bare = _compose([f"experiment={name}", *model, f"paths.output_dir={tmp_path}"])
         with pytest.raises(Exception, match="Missing mandatory value"):
             OmegaConf.to_container(bare, resolve=True, throw_on_missing=True)
 

@@ -175,3 +175,52 @@ class RunConfigInCheckpoint(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint.setdefault("usedddp", {})["config"] = self.config
+
+
+class PriorSampleMedia(L.Callback):
+    """After every validation, one sample of a speech prior (`pl_module.sample_waveform()`, e.g.
+    the diffusion prior's reverse pass with EMA weights) as audio `media/audio/prior_sample` and a
+    log-magnitude spectrogram image `media/spectrogram/prior_sample`, to wandb or TensorBoard:
+    what the prior has learned, heard and seen."""
+
+    def __init__(self, seconds: float = 2.0, seed: int = 0, n_fft: int = 512, hop_length: int = 128, top_db: float = 80.0):
+        self.seconds, self.seed, self.n_fft, self.hop_length, self.top_db = float(seconds), int(seed), n_fft, hop_length, top_db
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, (WandbLogger, TensorBoardLogger))]
+        if not loggers:
+            return
+        started = time.perf_counter()
+        wav = _playable(pl_module.sample_waveform(self.seconds, self.seed))
+        image = self.spectrogram(wav, pl_module.sample_rate)
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                logger.log_metrics({"media/audio/prior_sample": wandb.Audio(wav, sample_rate=pl_module.sample_rate),
+                                    "media/spectrogram/prior_sample": wandb.Image(image)}, step=trainer.global_step)
+            else:
+                logger.experiment.add_audio("media/audio/prior_sample", torch.from_numpy(wav)[None], trainer.global_step,
+                                            sample_rate=pl_module.sample_rate)
+                logger.experiment.add_image("media/spectrogram/prior_sample", image, trainer.global_step, dataformats="HWC")
+        log.info("prior sample logged (%.1f s)", time.perf_counter() - started)
+
+    def spectrogram(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        spec = _log_magnitude(wav, self.n_fft, self.hop_length)
+        fig = Figure(figsize=(6.4, 1.8), dpi=80, layout="constrained")
+        canvas = FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        vmax = float(spec.max())
+        image = ax.imshow(spec, origin="lower", aspect="auto", cmap="magma", vmin=vmax - self.top_db, vmax=vmax,
+                          extent=(0.0, len(wav) / sample_rate, 0.0, sample_rate / 2000))
+        ax.set_title("prior sample", fontsize=8, loc="left")
+        ax.set_ylabel("kHz", fontsize=7)
+        ax.set_xlabel("s", fontsize=7)
+        fig.colorbar(image, ax=ax, label="dB", shrink=0.8)
+        canvas.draw()
+        return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -9,15 +9,18 @@ import torch
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A .ckpt file as given, or, for a run directory, the last.ckpt of its latest stage."""
+    """A .ckpt file as given, or, for a run directory, the last.ckpt of its latest stage (USE-DDP:
+    stage<k>/, the highest k; a learned prior: prior/)."""
     path = Path(path)
     if path.is_file():
         return path
     if path.is_dir():
         candidates = sorted(path.glob("stage*/checkpoints/last.ckpt"), key=lambda p: int(re.sub(r"\D", "", p.parts[-3]) or 0))
+        candidates += sorted(path.glob("prior/checkpoints/last.ckpt"))
         if candidates:
             return candidates[-1]
-        raise FileNotFoundError(f"{path}: no stage*/checkpoints/last.ckpt in this directory (is it a usedddp run directory?)")
+        raise FileNotFoundError(f"{path}: no stage*/checkpoints/last.ckpt or prior/checkpoints/last.ckpt in this directory "
+                                "(is it a usedddp run directory?)")
     raise FileNotFoundError(f"checkpoint not found: {path}")
 
 

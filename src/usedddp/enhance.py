@@ -2,8 +2,8 @@
 
 Walking files and the command; the model and the chunked enhancement are usedddp.inference:
 
-    model = load_generator("outputs/demo/2026-...", device="cpu")
-    report = enhance_paths(model.generator, "noisy/", "enhanced/")
+    model = load_enhancer("outputs/demo/2026-...", device="cpu")   # any method's run or checkpoint
+    report = enhance_paths(model.enhancer, "noisy/", "enhanced/")
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from usedddp.audio import AUDIO_EXTENSIONS, AudioFileError, audio_info, load_audio, resample, save_audio
 from usedddp.config import CONFIG_DIR, prepare_argv
-from usedddp.inference import InferenceError, enhance_waveform, load_generator, normalise_level
+from usedddp.inference import Enhancer, InferenceError, as_enhancer, enhance_waveform, load_enhancer, normalise_level
 
 log = logging.getLogger("usedddp.enhance")
 
@@ -41,6 +41,16 @@ class EnhanceReport:
     total: int = 0
     written: list[tuple[Path, list[Path]]] = field(default_factory=list)  # (input, [clean, noise?])
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (input, reason)
+    audio_seconds: float = 0.0  # of the enhanced files
+    seconds: float = 0.0  # wall time of enhancing them (reading and writing included)
+    nfe: int = 0  # network evaluations spent on them
+
+    @property
+    def cost(self) -> dict:
+        """Real-time factor and network evaluations per second of audio over the enhanced files."""
+        audio = self.audio_seconds or float("nan")
+        return {"rtf": self.seconds / audio, "nfe_per_second": self.nfe / audio, "audio_seconds": self.audio_seconds,
+                "seconds": self.seconds, "nfe": self.nfe}
 
     @property
     def summary(self) -> str:
@@ -85,12 +95,12 @@ def check_output(input_path: str | Path, output: str | Path, root: Path, files: 
                 raise EnhanceError(f"{target}: this output file would overwrite an input file: choose another output folder")
 
 
-def enhance_file(generator: torch.nn.Module, source: Path, targets: list[Path], *, chunk_seconds: float,
+def enhance_file(model: torch.nn.Module | Enhancer, source: Path, targets: list[Path], *, chunk_seconds: float,
                  overlap_seconds: float, output_sr: str = "model", overwrite: bool = False) -> float:
     """Enhance one file into targets ([clean] or [clean, noise]); returns the real-time factor.
     Raises on any problem with this file (AudioFileError, OSError, ...)."""
-    sr = generator.sample_rate
-    hop = generator.codec.hop_length
+    enhancer = as_enhancer(model)
+    sr, hop = enhancer.sample_rate, enhancer.hop_length
     if not overwrite:
         for target in targets:
             if target.exists():
@@ -101,7 +111,7 @@ def enhance_file(generator: torch.nn.Module, source: Path, targets: list[Path], 
     if wav.shape[-1] < hop:
         raise AudioFileError(source, f"too short: {wav.shape[-1]} samples at {sr} Hz, less than one model frame ({hop} samples)")
     wav, gain = normalise_level(wav)  # undone on the outputs
-    clean, noise = enhance_waveform(generator, wav, round(chunk_seconds * sr), round(overlap_seconds * sr),
+    clean, noise = enhance_waveform(enhancer, wav, round(chunk_seconds * sr), round(overlap_seconds * sr),
                                     noise=len(targets) > 1)
     streams = [clean, noise][:len(targets)]
     if any(s is None for s in streams):
@@ -124,7 +134,7 @@ def _fit(wav: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(wav, (0, length - wav.shape[-1]))
 
 
-def enhance_paths(generator: torch.nn.Module, input_path: str | Path, output: str | Path, *, noise: bool = False,
+def enhance_paths(model: torch.nn.Module | Enhancer, input_path: str | Path, output: str | Path, *, noise: bool = False,
                   output_sr: str = "model", chunk_seconds: float = 10.0, overlap_seconds: float = 1.0,
                   overwrite: bool = False, progress: bool = True) -> EnhanceReport:
     """Enhance every audio file under input_path into the same relative path under output.
@@ -135,8 +145,8 @@ def enhance_paths(generator: torch.nn.Module, input_path: str | Path, output: st
     """
     if output_sr not in OUTPUT_RATES:
         raise EnhanceError(f"output_sr={output_sr}: use one of {OUTPUT_RATES}")
-    hop = generator.codec.hop_length
-    sr = generator.sample_rate
+    enhancer = as_enhancer(model)
+    hop, sr = enhancer.hop_length, enhancer.sample_rate
     if chunk_seconds * sr < 2 * hop or not 0 <= overlap_seconds < chunk_seconds:
         raise EnhanceError(f"chunk_seconds={chunk_seconds}, overlap_seconds={overlap_seconds}: need "
                            f"0 <= overlap < chunk and a chunk of at least two model frames ({2 * hop / sr:.3f} s)")
@@ -148,12 +158,12 @@ def enhance_paths(generator: torch.nn.Module, input_path: str | Path, output: st
     claimed: dict[Path, Path] = {}
     with logging_redirect_tqdm():
         for source in tqdm(files, desc="enhance", unit="file", dynamic_ncols=True, disable=not progress):
-            _enhance_one(generator, source, root, output, report, claimed, noise=noise, output_sr=output_sr,
+            _enhance_one(enhancer, source, root, output, report, claimed, noise=noise, output_sr=output_sr,
                          chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds, overwrite=overwrite)
     return report
 
 
-def _enhance_one(generator, source: Path, root: Path, output: Path, report: EnhanceReport, claimed: dict, *,
+def _enhance_one(enhancer: Enhancer, source: Path, root: Path, output: Path, report: EnhanceReport, claimed: dict, *,
                  noise: bool, output_sr: str, chunk_seconds: float, overlap_seconds: float, overwrite: bool) -> None:
     targets = output_paths(source, root, output, noise)
     try:
@@ -162,7 +172,8 @@ def _enhance_one(generator, source: Path, root: Path, output: Path, report: Enha
             raise FileExistsError(f"its output would also be written for {clash}")
         for t in targets:
             claimed[t.resolve()] = source
-        rtf = enhance_file(generator, source, targets, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
+        nfe_before, started = enhancer.nfe, time.perf_counter()
+        rtf = enhance_file(enhancer, source, targets, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,
                            output_sr=output_sr, overwrite=overwrite)
     except Exception as error:  # one file's problem: report it and go on
         reason = str(error.problem) if isinstance(error, AudioFileError) and error.problem else str(error)
@@ -170,6 +181,10 @@ def _enhance_one(generator, source: Path, root: Path, output: Path, report: Enha
         log.error("FAILED %s: %s", source, reason)
         return
     report.written.append((source, targets))
+    report.seconds += time.perf_counter() - started
+    frames, rate, _ = audio_info(source)
+    report.audio_seconds += frames / rate
+    report.nfe += enhancer.nfe - nfe_before
     log.info("%s -> %s (real-time factor %.3f)", source, targets[0], rtf)
 
 
@@ -187,8 +202,8 @@ def enhance(cfg: DictConfig) -> int:
         # Cheap checks first, so that a refused command loads no model.
         root, files = list_inputs(cfg.input)
         check_output(cfg.input, cfg.output, root, files, bool(cfg.noise))
-        generator = load_generator(cfg.ckpt, cfg.device).generator
-        report = enhance_paths(generator, cfg.input, cfg.output, noise=bool(cfg.noise), output_sr=str(cfg.output_sr),
+        model = load_enhancer(cfg.ckpt, cfg.device, _method_overrides(cfg), progress=True)
+        report = enhance_paths(model.enhancer, cfg.input, cfg.output, noise=bool(cfg.noise), output_sr=str(cfg.output_sr),
                                chunk_seconds=float(cfg.chunk_seconds), overlap_seconds=float(cfg.overlap_seconds),
                                overwrite=bool(cfg.overwrite))
     except InferenceError as error:
@@ -199,7 +214,17 @@ def enhance(cfg: DictConfig) -> int:
         print(f"failed: {source}: {reason}")
     log.info(report.summary)
     print(f"{report.summary}; output: {cfg.output}")
+    if report.written:
+        cost = report.cost
+        print(f"{model.label}: real-time factor {cost['rtf']:.3f}, {cost['nfe_per_second']:.1f} network evaluations "
+              f"per second of audio ({cost['audio_seconds']:.1f} s of audio)")
     return 1 if report.failed else 0
+
+
+def _method_overrides(cfg: DictConfig) -> dict:
+    """The command line's method.* options (null: the run's own)."""
+    node = cfg.get("method")
+    return {} if node is None else {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None}
 
 
 # configs/enhance.yaml is served from Hydra's ConfigStore rather than from the configs folder:

@@ -43,7 +43,8 @@ from usedddp.audio import CorpusError
 from usedddp.config import CONFIG_DIR, prepare_argv  # also registers the ${usedddp_demo_root:} resolver
 from usedddp.metrics.band import ACTIVE_RANGE_DB, BAND_FLOOR_DB, EMPTY_BAND_DB, FRAME_SECONDS, REFERENCE_MIN_BAND_DB
 from usedddp.metrics.scoring import SAMPLE_RATE, score_job, worker_init
-from usedddp.reporting import METRICS, FolderError, Summary, index_audio, summary_markdown, summary_table, write_summary
+from usedddp.reporting import (METRICS, FolderError, Summary, cost_table, index_audio, summary_markdown, summary_table,
+                               write_summary)
 
 log = logging.getLogger("usedddp.evaluate")
 
@@ -71,6 +72,8 @@ def metric_definitions() -> dict[str, str]:
     return {
         "pesq_wb": "wide-band PESQ, ITU-T P.862.2 MOS-LQO (pesq package, mode 'wb'), 16 kHz",
         "pesq_nb": "narrow-band PESQ, ITU-T P.862 + P.862.1 MOS-LQO mapping (pesq package, mode 'nb') on the 16 kHz signals; not comparable with wide-band",
+        "pesq_nb_raw": "raw narrow-band PESQ, ITU-T P.862 score: pesq_nb taken back through the inverse of the P.862.1 mapping, "
+                       "what pypesq reports, for comparison with the UDiffSE and RVAE papers' tables; not comparable with PESQ-wb",
         "stoi": "STOI (Taal et al. 2011), pystoi, extended=False (resampled internally to 10 kHz)",
         "estoi": "ESTOI (Jensen & Taal 2016), pystoi, extended=True",
         "si_sdr": "SI-SDR in dB (Le Roux et al. 2019), zero-mean signals",
@@ -140,18 +143,23 @@ class Evaluation:
     condition_columns: list[str] = field(default_factory=list)
 
 
-def evaluate_folders(enhanced: str | Path, reference: str | Path | None = None, noisy: str | Path | None = None, *,
-                     label: str = "enhanced", conditions: dict[str, dict[str, str]] | None = None,
-                     dnsmos: bool = True, jobs: int = 1, progress: bool = True) -> Evaluation:
+def evaluate_folders(enhanced: str | Path | dict[str, str | Path], reference: str | Path | None = None,
+                     noisy: str | Path | None = None, *, label: str = "enhanced",
+                     conditions: dict[str, dict[str, str]] | None = None, dnsmos: bool = True, jobs: int = 1,
+                     progress: bool = True) -> Evaluation:
     """Score every enhanced file (and, with `noisy`, every noisy input as its own system) against
-    the reference with the same relative path. Files without a partner are listed, not scored."""
+    the reference with the same relative path. Files without a partner are listed, not scored.
+    `enhanced` may be {system label: folder} to score several systems on the same files (the
+    first system's files decide which); `label` names a single folder's system."""
+    folders = dict(enhanced) if isinstance(enhanced, dict) else {label: enhanced}
     try:
-        est = index_audio(enhanced)
+        indexes = {system: index_audio(folder) for system, folder in folders.items()}
         ref = index_audio(reference) if reference is not None else None
         noisy_files = index_audio(noisy) if noisy is not None else None
     except FolderError as error:
         raise EvaluateError(str(error)) from None
-    result = Evaluation(systems=(["noisy"] if noisy_files is not None else []) + [label])
+    result = Evaluation(systems=(["noisy"] if noisy_files is not None else []) + list(folders))
+    est = next(iter(indexes.values()))
     keys = sorted(est)
     if ref is not None:
         keys = [k for k in keys if k in ref]
@@ -173,7 +181,11 @@ def evaluate_folders(enhanced: str | Path, reference: str | Path | None = None, 
         reference_path = ref[key] if ref is not None else None
         if noisy_files is not None and key in noisy_files:
             jobs_list.append((key, "noisy", noisy_files[key], reference_path, dnsmos))
-        jobs_list.append((key, label, est[key], reference_path, dnsmos))
+        for system, index in indexes.items():
+            if key in index:
+                jobs_list.append((key, system, index[key], reference_path, dnsmos))
+            else:
+                result.failed.append(f"{folders[system]}: no enhanced file for {key} ({system})")
     conditions = conditions or {}
     result.condition_columns = condition_columns(conditions, keys)
     with logging_redirect_tqdm():
@@ -270,9 +282,11 @@ def write_outputs(output: Path, result: Evaluation, provenance: dict) -> Summary
 
 def provenance_record(*, label: str, enhanced, reference, noisy, result: Evaluation, domain: str | None,
                       checkpoint: dict | None = None, method: str | None = None, clean_prior: dict | None = None,
-                      noise_prior: dict | None = None, started: float | None = None) -> dict:
+                      noise_prior: dict | None = None, started: float | None = None, cost: dict | None = None) -> dict:
     return {
         "label": label,
+        # Per system: real-time factor and network evaluations per second of audio of the enhancement.
+        "cost": cost,
         "method": method,
         "checkpoint": checkpoint,
         "clean_prior": clean_prior,
@@ -383,7 +397,7 @@ def evaluate(cfg: DictConfig) -> int:
             result = evaluate_folders(cfg.enhanced, cfg.reference, cfg.noisy, label=str(cfg.label or "enhanced"),
                                       conditions=conditions, dnsmos=bool(cfg.dnsmos), jobs=jobs)
             provenance_args = dict(label=str(cfg.label or "enhanced"), enhanced=cfg.enhanced, reference=cfg.reference,
-                                   noisy=cfg.noisy, domain=cfg.data.domain, method=cfg.method)
+                                   noisy=cfg.noisy, domain=cfg.data.domain, method=cfg.method_description)
     except (EvaluateError, CorpusError) as error:
         log.error("refused: %s", error)
         print(f"error: {error}", file=sys.stderr)
@@ -394,6 +408,8 @@ def evaluate(cfg: DictConfig) -> int:
     provenance = provenance_record(result=result, started=started, **provenance_args)
     summary = write_outputs(output, result, provenance)
     print(summary_table(summary["results"]["overall"], summary["results"]["metrics"]))
+    if provenance.get("cost"):
+        print(cost_table(provenance["cost"]))
     for failure in result.failed:
         print(f"failed: {failure}")
     print(f"scored {len({r['file'] for r in result.rows})} files ({len(result.failed)} failed); "
@@ -421,35 +437,56 @@ def _load_conditions(spec, roots) -> dict[str, dict[str, str]]:
 
 
 def _evaluate_checkpoint(cfg: DictConfig, output: Path, jobs: int):
-    from usedddp.enhance import enhance_paths
-    from usedddp.inference import InferenceError, load_generator
+    from usedddp.enhance import _method_overrides, enhance_paths
+    from usedddp.inference import InferenceError, load_enhancer
 
+    overrides = _method_overrides(cfg)
     try:
-        model = load_generator(cfg.ckpt, cfg.device)
+        model = load_enhancer(cfg.ckpt, cfg.device, overrides)
     except InferenceError as error:
         raise EvaluateError(str(error)) from None
     run_cfg = model.config  # stored in the checkpoint: a checkpoint copied out of its run still names its test set
     noisy, clean, domain = resolve_test_set(run_cfg, cfg.data.root, cfg.data.noisy_dir, cfg.data.clean_dir, cfg.data.domain)
-    enhanced = output / "enhanced"
-    log.info("test set: noisy %s, reference %s (domain %s); enhanced files go to %s", noisy, clean, domain, enhanced)
-    try:
-        report = enhance_paths(model.generator, noisy, enhanced, chunk_seconds=float(cfg.chunk_seconds),
-                               overlap_seconds=float(cfg.overlap_seconds), overwrite=bool(cfg.overwrite))
-    except InferenceError as error:
-        raise EvaluateError(str(error)) from None
+    # A sampling method with no option given is scored as its comparison: the exact-score
+    # Gaussian baseline through the reference sampler, then the trained prior with each sampler.
+    variants = [overrides]
+    if model.method == "udiffse" and not {"sampler", "score"} & set(overrides):
+        variants = [{**overrides, "score": "gaussian", "sampler": "em"}, {**overrides, "sampler": "em"},
+                    {**overrides, "sampler": "fast"}]
+    folders, cost, failed = {}, {}, []
+    for variant in variants:
+        try:
+            if variant is not overrides:
+                model = load_enhancer(cfg.ckpt, cfg.device, variant)
+            label = str(cfg.label) if cfg.label and len(variants) == 1 else model.label
+            enhanced = output / "enhanced" / (_slug(label) if len(variants) > 1 else "")
+            log.info("test set: noisy %s, reference %s (domain %s); %s -> %s", noisy, clean, domain, label, enhanced)
+            report = enhance_paths(model.enhancer, noisy, enhanced, chunk_seconds=float(cfg.chunk_seconds),
+                                   overlap_seconds=float(cfg.overlap_seconds), overwrite=bool(cfg.overwrite))
+        except InferenceError as error:
+            raise EvaluateError(str(error)) from None
+        folders[label], cost[label] = enhanced, report.cost
+        failed += [f"{source} ({label}): {reason}" for source, reason in report.failed]
     checkpoint, run_dir, stage = model.checkpoint, model.run_dir, model.stage
     del model
     conditions = _load_conditions(cfg.conditions, [clean, noisy])
-    label = str(cfg.label or f"USE-DDP stage {stage}")
-    result = evaluate_folders(enhanced, clean, noisy, label=label, conditions=conditions, dnsmos=bool(cfg.dnsmos), jobs=jobs)
-    result.failed = [f"{source}: {reason}" for source, reason in report.failed] + result.failed
+    label = next(iter(folders)) if len(folders) == 1 else "UDiffSE"
+    result = evaluate_folders(folders, clean, noisy, conditions=conditions, dnsmos=bool(cfg.dnsmos), jobs=jobs)
+    result.failed = failed + result.failed
     codec = OmegaConf.select(run_cfg, "model.codec._target_", default=None)
-    args = dict(label=label, enhanced=enhanced, reference=clean, noisy=noisy, domain=domain,
-                method=str(cfg.method or "USE-DDP (unsupervised speech enhancement with data-defined priors)"),
+    method_name = str(OmegaConf.select(run_cfg, "method.name", default="use_ddp"))
+    default_method = {"use_ddp": "USE-DDP (unsupervised speech enhancement with data-defined priors)",
+                      "udiffse": "UDiffSE (diffusion prior of clean speech, NMF noise, EM posterior sampling)"}[method_name]
+    args = dict(label=label, enhanced=output / "enhanced", reference=clean, noisy=noisy, domain=domain,
+                method=str(cfg.method_description or default_method),
                 checkpoint={"path": str(checkpoint), "run_dir": None if run_dir is None else str(run_dir), "stage": stage,
-                            "codec": codec, "run_name": run_cfg.get("run_name")},
-                clean_prior=_corpus(run_cfg, "prior", domain), noise_prior=_corpus(run_cfg, "noise", domain))
+                            "codec": codec, "run_name": run_cfg.get("run_name"), "method": method_name},
+                clean_prior=_corpus(run_cfg, "prior", domain), noise_prior=_corpus(run_cfg, "noise", domain), cost=cost)
     return result, args
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
 
 
 # configs/evaluate.yaml is served from Hydra's ConfigStore (as enhance.yaml is): in the configs

@@ -1,8 +1,10 @@
-"""From a checkpoint to enhanced audio: the generator alone (no discriminators, no losses), rebuilt
-from the config stored inside the checkpoint, and the chunked overlap-add that bounds memory.
+"""From a checkpoint to enhanced audio, for every method: the model rebuilt from the config stored
+inside the checkpoint (USE-DDP: the generator alone, no discriminators or losses; UDiffSE: the
+score network's EMA weights and the posterior sampler), and the chunked overlap-add that bounds
+memory.
 
-    model = load_generator("outputs/demo/2026-.../stage3/checkpoints/last.ckpt")   # or the run dir
-    clean, noise = enhance_waveform(model.generator, wav, chunk=160000, overlap=16000)  # wav (1, T)
+    model = load_enhancer("outputs/demo/2026-...")      # a run dir or any .ckpt it wrote
+    clean, noise = enhance_waveform(model.enhancer, wav, chunk=160000, overlap=16000)  # wav (1, T)
 
 usedddp.enhance walks files with it, usedddp.evaluate enhances test sets with it, and
 scripts/benchmark_enhance.py times it.
@@ -15,7 +17,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from hydra.utils import instantiate
@@ -34,13 +36,47 @@ class InferenceError(ValueError):
     """A model cannot be loaded or run as asked; the message names the file or the option."""
 
 
+class Enhancer(Protocol):
+    """What the enhance path runs: (1, 1, t) noisy -> {"clean": (1, 1, t), "noise": (1, 1, t) or None}."""
+
+    sample_rate: int
+    hop_length: int  # chunks start on multiples of it
+    nfe: int  # network evaluations so far (the cost column)
+
+    def __call__(self, x: torch.Tensor, streams: tuple[str, ...] = ("clean", "noise")) -> dict[str, torch.Tensor | None]: ...
+
+
+class GeneratorEnhancer:
+    """A USE-DDP generator as an Enhancer: one network evaluation per chunk."""
+
+    def __init__(self, generator: Generator):
+        self.generator, self.sample_rate, self.hop_length, self.nfe = generator, generator.sample_rate, int(generator.codec.hop_length), 0
+
+    def __call__(self, x: torch.Tensor, streams: tuple[str, ...] = ("clean", "noise")) -> dict[str, torch.Tensor | None]:
+        self.nfe += 1
+        out = self.generator(x.to(next(self.generator.parameters()).device), streams=streams)
+        return {"clean": out.clean, "noise": out.noise}
+
+
+def as_enhancer(model) -> Enhancer:
+    return GeneratorEnhancer(model) if isinstance(model, Generator) else model
+
+
 @dataclass
 class LoadedModel:
-    generator: Generator  # in eval mode, on the requested device
+    enhancer: Enhancer  # on the requested device, eval mode
     config: DictConfig  # the training run's config (model, data, priors) as the checkpoint records it
     checkpoint: Path
-    stage: int | None  # the USE-DDP training stage that wrote the checkpoint
+    stage: int | str | None  # the training stage that wrote the checkpoint (USE-DDP: 1-3; UDiffSE: prior)
     run_dir: Path | None  # the run directory, when the checkpoint still sits in one
+    method: str = "use_ddp"
+    label: str = "USE-DDP"  # the system's name in tables
+
+    @property
+    def generator(self) -> Generator:
+        if not isinstance(self.enhancer, GeneratorEnhancer):
+            raise InferenceError(f"{self.checkpoint}: a {self.method} model has no USE-DDP generator")
+        return self.enhancer.generator
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -103,11 +139,7 @@ def build_generator_from_config(model: dict, source: str | Path = "the config") 
         raise InferenceError(f"{source}: cannot build the generator from its model config ({type(error).__name__}: {error})") from error
 
 
-def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """The generator of a checkpoint file or a run directory (its latest stage's last.ckpt), in
-    eval mode on `device`. Rebuilt from the config the checkpoint stores (never from pickled
-    objects); its weights are loaded with torch.load(weights_only=True), strictly."""
-    device = check_device(device)
+def _read(ckpt: str | Path) -> tuple[Path, dict, DictConfig]:
     try:
         checkpoint = find_checkpoint(ckpt)
         state = load_checkpoint(checkpoint)
@@ -115,7 +147,19 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> Load
         raise InferenceError(str(error)) from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise InferenceError(f"{checkpoint}: not a usedddp training checkpoint (no 'state_dict')")
-    config = run_config(checkpoint, state)
+    return checkpoint, state, run_config(checkpoint, state)
+
+
+def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """The USE-DDP generator of a checkpoint file or a run directory (its latest stage's
+    last.ckpt), in eval mode on `device`. Rebuilt from the config the checkpoint stores (never from
+    pickled objects); its weights are loaded with torch.load(weights_only=True), strictly."""
+    device = check_device(device)
+    checkpoint, state, config = _read(ckpt)
+    return _use_ddp(checkpoint, state, config, device)
+
+
+def _use_ddp(checkpoint: Path, state: dict, config: DictConfig, device: torch.device) -> LoadedModel:
     generator = build_generator_from_config(model_config(config, checkpoint), checkpoint)
     weights = {k.removeprefix("generator."): v for k, v in state["state_dict"].items() if k.startswith("generator.")}
     try:
@@ -126,7 +170,29 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> Load
     stage = (state.get("usedddp") or {}).get("stage")
     log.info("model: %s (stage %s, %d Hz, %.1f M generator parameters)", checkpoint, stage if stage is not None else "?",
              generator.sample_rate, sum(p.numel() for p in generator.parameters()) / 1e6)
-    return LoadedModel(generator, config, checkpoint, None if stage is None else int(stage), _run_dir(checkpoint))
+    return LoadedModel(GeneratorEnhancer(generator), config, checkpoint, None if stage is None else int(stage),
+                       _run_dir(checkpoint), "use_ddp", f"USE-DDP stage {stage}")
+
+
+def load_enhancer(ckpt: str | Path, device: str | torch.device = "cpu", method: dict | None = None,
+                  progress: bool = False) -> LoadedModel:
+    """The enhancer of any run's checkpoint (or run directory): the method comes from the run's
+    config (`method.name`; runs without one are USE-DDP). `method` holds overrides of the run's
+    method options (e.g. {"sampler": "fast"}); None values are ignored. A USE-DDP run has none."""
+    device = check_device(device)
+    checkpoint, state, config = _read(ckpt)
+    name = str(OmegaConf.select(config, "method.name", default="use_ddp"))
+    overrides = {k: v for k, v in (method or {}).items() if v is not None}
+    if name == "use_ddp":
+        if overrides:
+            raise InferenceError(f"{checkpoint}: method.{sorted(overrides)[0]}=... is an option of sampling methods "
+                                 "(UDiffSE); this is a USE-DDP run, which has none")
+        return _use_ddp(checkpoint, state, config, device)
+    if name == "udiffse":
+        from usedddp.methods.loading import load_udiffse
+
+        return load_udiffse(checkpoint, state, config, device, overrides, progress)
+    raise InferenceError(f"{checkpoint}: method {name!r} is not one this usedddp can run")
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,23 +260,19 @@ def overlap_add(fn: Callable[[torch.Tensor], dict[str, torch.Tensor | None]], wa
     return {name: None if a is None else a / norm for name, a in acc.items()}
 
 
-def enhance_waveform(generator: Generator, wav: torch.Tensor, chunk: int | None = None,
+def enhance_waveform(model: Generator | Enhancer, wav: torch.Tensor, chunk: int | None = None,
                      overlap: int = 0, noise: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """wav (1, T) -> (clean (1, T), noise (1, T) or None) on the CPU, at the generator's sample
-    rate, in chunks (overlap_add) on the codec's frame grid.
+    """wav (1, T) -> (clean (1, T), noise (1, T) or None) on the CPU, at the model's sample rate,
+    in chunks (overlap_add) on the model's frame grid. `model` is a USE-DDP generator or any
+    Enhancer (load_enhancer(...).enhancer).
 
-    `noise=False` runs the clean branch only (noise is None): the shared decoder then decodes one
-    stream instead of two, about half the cost (benchmarks/enhance_cpu.json), and the clean
-    stream is the same, since every stream is decoded independently of the other. Level
+    `noise=False` runs the clean stream only (noise is None): for USE-DDP the shared decoder then
+    decodes one stream instead of two, about half the cost (benchmarks/enhance_cpu.json), and the
+    clean stream is the same, since every stream is decoded independently of the other. Level
     normalisation is the caller's business (normalise_level).
     """
-    device = next(generator.parameters()).device
+    enhancer = as_enhancer(model)
     streams = ("clean", "noise") if noise else ("clean",)
-
-    def run(x: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        out = generator(x.to(device), streams=streams)
-        return {"clean": out.clean, "noise": out.noise}
-
     with torch.inference_mode():
-        out = overlap_add(run, wav, chunk, overlap, align=int(generator.codec.hop_length))
+        out = overlap_add(lambda x: enhancer(x, streams), wav, chunk, overlap, align=int(enhancer.hop_length))
     return out["clean"], out["noise"]

@@ -40,9 +40,14 @@ def wandb_mode(configured: str | None = None, environ: Mapping[str, str] | None 
     return "offline"
 
 
-def wandb_tags(stage: int, prior: Mapping, noise: Mapping) -> list[str]:
+def stage_label(stage: int | str) -> str:
+    """`stage<k>` for USE-DDP's training stages 1-3; another method's stage by its name (`prior`)."""
+    return f"stage{stage}" if isinstance(stage, int) or str(stage).isdigit() else str(stage)
+
+
+def wandb_tags(stage: int | str, prior: Mapping, noise: Mapping) -> list[str]:
     """Tags for the wandb UI's filters (wandb tags are at most 64 characters)."""
-    tags = [f"stage{stage}", f"prior:{prior['name']}", f"noise:{noise['name']}",
+    tags = [stage_label(stage), f"prior:{prior['name']}", f"noise:{noise['name']}",
             "in-domain" if prior["in_domain"] else "out-of-domain"]
     return [tag[:64] for tag in tags]
 
@@ -63,16 +68,18 @@ def wandb_group(run_name: str, run_dir: Path) -> str:
     return "/".join(parts)[:128]
 
 
-def stage_logger(logger_cfg: DictConfig, stage: int, run_name: str, run_dir: Path, prior: Mapping, noise: Mapping):
-    """Instantiate one configured logger for `stage` (CSV/TensorBoard: version `stage<k>`)."""
+def stage_logger(logger_cfg: DictConfig, stage: int | str, run_name: str, run_dir: Path, prior: Mapping, noise: Mapping):
+    """Instantiate one configured logger for `stage` (CSV/TensorBoard: version `stage<k>`, or the
+    stage's name for a method whose stages are named)."""
+    label = stage_label(stage)
     if not logger_cfg._target_.endswith("WandbLogger"):
-        return instantiate(logger_cfg, version=f"stage{stage}")
+        return instantiate(logger_cfg, version=label)
     mode = wandb_mode(logger_cfg.get("mode"))
     group = logger_cfg.get("group") or wandb_group(run_name, run_dir)
     tags = [*(logger_cfg.get("tags") or []), *wandb_tags(stage, prior, noise)]
     hint = f"; upload later with `wandb sync {Path(logger_cfg.save_dir) / 'wandb'}/offline-run-*`" if mode == "offline" else ""
-    log.info("wandb: stage %d in %s mode, group %s%s", stage, mode, group, hint)
+    log.info("wandb: %s in %s mode, group %s%s", label, mode, group, hint)
     # wandb run ids must be unique in a project: name the run, let wandb pick the id. Offline
     # runs cannot resume (WandbLogger asks for resume="allow", which wandb then warns about).
     extra = {"resume": None} if mode == "offline" else {}
-    return instantiate(logger_cfg, name=f"{run_name}/stage{stage}", job_type=f"stage{stage}", group=group, tags=tags, mode=mode, **extra)
+    return instantiate(logger_cfg, name=f"{run_name}/{label}", job_type=label, group=group, tags=tags, mode=mode, **extra)

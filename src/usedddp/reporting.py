@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 # The metric columns, in the order of per_file.csv and of every table.
-INTRUSIVE = ("pesq_wb", "pesq_nb", "stoi", "estoi", "si_sdr", "hf_si_sdr", "hf_level", "csig", "cbak", "covl")
+INTRUSIVE = ("pesq_wb", "pesq_nb", "pesq_nb_raw", "stoi", "estoi", "si_sdr", "hf_si_sdr", "hf_level", "csig", "cbak", "covl")
 REFERENCE_FREE = ("dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl")
 METRICS = INTRUSIVE + REFERENCE_FREE
 HEADERS = {
-    "pesq_wb": "PESQ-wb", "pesq_nb": "PESQ-nb", "stoi": "STOI", "estoi": "ESTOI", "si_sdr": "SI-SDR (dB)",
+    "pesq_wb": "PESQ-wb", "pesq_nb": "PESQ-nb", "pesq_nb_raw": "PESQ-nb raw (pypesq)",
+    "stoi": "STOI", "estoi": "ESTOI", "si_sdr": "SI-SDR (dB)",
     "hf_si_sdr": "SI-SDR 4-8k (dB)", "hf_level": "level 4-8k (dB)", "csig": "CSIG", "cbak": "CBAK", "covl": "COVL",
     "dnsmos_sig": "DNSMOS SIG", "dnsmos_bak": "DNSMOS BAK", "dnsmos_ovrl": "DNSMOS OVRL",
 }
@@ -210,6 +211,8 @@ def summary_markdown(summary: Summary) -> str:
         lines[-1:-1] = ["- 4-8k columns: the 4-8 kHz band alone, which full-band scores barely weigh (does the estimate "
                         "keep fricatives?); level 0 dB: kept, -30 dB: deleted (definitions: summary.json)"]
     lines += ["Mean over files (NaN scores excluded; see per_file.csv).", "", summary_table(numbers["overall"], metrics)]
+    if meta.get("cost"):
+        lines += ["", "## Cost", "", cost_table(meta["cost"])]
     for column, groups in numbers["conditions"].items():
         rows = [[value, row["system"], str(row["files"])] + [_cell(row[m]) for m in metrics]
                 for value, table in groups.items() for row in table]
@@ -221,6 +224,14 @@ def summary_markdown(summary: Summary) -> str:
     if unmatched:
         lines += ["", "## Unmatched files (not scored)", ""] + [f"- {role}: {len(v)} (e.g. `{v[0]}`)" for role, v in unmatched.items()]
     return "\n".join(lines) + "\n"
+
+
+def cost_table(cost: dict[str, dict]) -> str:
+    """Per system: real-time factor (wall seconds of enhancement per second of audio, on the
+    machine named in the provenance) and network evaluations (NFE) per second of audio."""
+    rows = [[system, fmt(c.get("rtf"), 3), fmt(c.get("nfe_per_second"), 1), fmt(c.get("audio_seconds"), 1)]
+            for system, c in cost.items()]
+    return markdown_grid(["system", "RTF", "NFE/s", "audio (s)"], rows)
 
 
 def metrics_of(rows: list[dict]) -> list[str]:

@@ -27,15 +27,24 @@ from usedddp.callbacks import RunConfigInCheckpoint
 from usedddp.checkpoints import find_checkpoint, load_checkpoint, read_stage
 from usedddp.config import CONFIG_DIR, UsageError, prepare_argv
 from usedddp.examples import write_examples
-from usedddp.loggers import stage_logger
+from usedddp.loggers import stage_label, stage_logger
 from usedddp.models.build import build_module
 from usedddp.stages import TRAINING_STAGES, TrainingStage
 
 log = logging.getLogger("usedddp.train")
 
 
+def method_name(cfg: DictConfig) -> str:
+    """The run's method (configs/method/): use_ddp (the default, staged training) or udiffse."""
+    return str(OmegaConf.select(cfg, "method.name", default="use_ddp"))
+
+
 def train(cfg: DictConfig) -> dict:
-    stages = [int(s) for s in cfg.stages]
+    method = method_name(cfg)
+    if method not in ("use_ddp", "udiffse"):
+        raise UsageError(f"method={method}: use method=use_ddp or an experiment that trains another method "
+                         "(experiment=udiffse_prior)")
+    stages = [int(s) for s in cfg.stages] if method == "use_ddp" else ["prior"]
     budgets = {stage: stage_budget(cfg, stage) for stage in stages}  # refuses a stage without one, before any work
     check_accelerator(cfg)
     run_dir = Path(cfg.paths.output_dir)
@@ -50,6 +59,11 @@ def train(cfg: DictConfig) -> dict:
         log.warning("clean prior '%s' is IN-DOMAIN for data '%s': it comes from the corpus the evaluation mixtures were made from, which flatters results", prior["name"], cfg.data.domain)
     log.info("clean prior: %s (%s); noise prior: %s (%s)", prior["name"], prior["dir"], noise["name"], noise["dir"])
     audit = _audit(cfg)
+    if method == "udiffse":
+        summary = {"run_dir": str(run_dir), "config": str(run_dir / ".hydra" / "config.yaml"),
+                   "data": {"domain": cfg.data.domain, "root": str(cfg.data.root)}, "prior": prior, "noise": noise,
+                   "audit": audit, "init_from": cfg.init_from, "stages": {}}
+        return _train_prior(cfg, run_dir, summary, audit, started)
 
     datamodule = instantiate(cfg.data)
     module = build_module(cfg.model)
@@ -116,7 +130,7 @@ def _audit(cfg: DictConfig) -> dict | None:
     return training_audit(cfg, log)
 
 
-def stage_budget(cfg: DictConfig, stage: int) -> int:
+def stage_budget(cfg: DictConfig, stage: int | str) -> int:
     """Generator steps for training stage `stage`: trainer.max_steps when set (one budget the user
     typed, for every stage), else the experiment's stage_max_steps[stage]."""
     if cfg.trainer.get("max_steps") is not None:
@@ -143,23 +157,23 @@ def check_accelerator(cfg: DictConfig) -> None:
                          "e.g. python -m usedddp.train experiment=vctk_unsup trainer=default ...")
 
 
-def _fit_stage(cfg: DictConfig, module, datamodule, spec: TrainingStage, max_steps: int, run_dir: Path,
-               resume: Path | None, audit: dict | None = None) -> dict:
-    stage = spec.number
-    stage_dir = run_dir / f"stage{stage}"
-    datamodule.setup("fit")
+def _stage_trainer(cfg: DictConfig, stage: int | str, run_dir: Path, max_steps: int, has_references: bool,
+                   audit: dict | None):
+    """(trainer, callbacks by name) of one stage: its checkpoints under <run>/<stage label>/checkpoints,
+    its loggers, the run's hyperparameters and the run config stored in every checkpoint."""
+    stage_dir = run_dir / stage_label(stage)
     callbacks = {}
     for name, cb_cfg in cfg.callbacks.items():
         extra = {}
         if cb_cfg._target_.endswith("ModelCheckpoint"):
             extra["dirpath"] = str(stage_dir / "checkpoints")
-            if cb_cfg.get("monitor") and not datamodule.has_references:
+            if cb_cfg.get("monitor") == "val/si_sdr" and not has_references:
                 extra["monitor"] = "val/dnsmos/ovrl"
         callbacks[name] = instantiate(cb_cfg, **extra)
     prior, noise = _corpus_record(cfg.prior, cfg.data), _corpus_record(cfg.noise, cfg.data)
     loggers = [stage_logger(lg, stage, cfg.run_name, run_dir, prior, noise) for lg in cfg.logger.values()]
     hparams = OmegaConf.to_container(cfg, resolve=True)
-    # The resolved config in every checkpoint: a .ckpt copied anywhere rebuilds its generator.
+    # The resolved config in every checkpoint: a .ckpt copied anywhere rebuilds its model.
     callbacks["run_config"] = RunConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True))
     # The prior corpora and the in-domain flag, for grouping and filtering runs by prior.
     hparams["stage"], hparams["prior"]["in_domain"], hparams["noise"]["in_domain"] = stage, prior["in_domain"], noise["in_domain"]
@@ -168,7 +182,26 @@ def _fit_stage(cfg: DictConfig, module, datamodule, spec: TrainingStage, max_ste
         hparams["audit"] = {**hparams.get("audit", {}), **compact(audit)}
     for logger in loggers:
         logger.log_hyperparams(hparams)
-    trainer = instantiate(cfg.trainer, max_steps=max_steps, callbacks=list(callbacks.values()), logger=loggers)
+    return instantiate(cfg.trainer, max_steps=max_steps, callbacks=list(callbacks.values()), logger=loggers), callbacks
+
+
+def _checkpoint_record(callbacks: dict) -> dict:
+    return {
+        "last": next((cb.last_model_path for cb in callbacks.values() if getattr(cb, "last_model_path", "")), ""),
+        "best": next((cb.best_model_path for cb in callbacks.values() if getattr(cb, "monitor", None)), ""),
+    }
+
+
+def _finish_wandb() -> None:
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        sys.modules["wandb"].finish()  # one wandb run per stage: each stage's steps start at 0
+
+
+def _fit_stage(cfg: DictConfig, module, datamodule, spec: TrainingStage, max_steps: int, run_dir: Path,
+               resume: Path | None, audit: dict | None = None) -> dict:
+    stage = spec.number
+    datamodule.setup("fit")
+    trainer, callbacks = _stage_trainer(cfg, stage, run_dir, max_steps, datamodule.has_references, audit)
 
     started = time.time()
     log.info("training stage %d: %d steps on %s", stage, max_steps, spec.description)
@@ -184,17 +217,52 @@ def _fit_stage(cfg: DictConfig, module, datamodule, spec: TrainingStage, max_ste
         "steps": int(trainer.global_step),
         "fit_seconds": round(fit_seconds, 1),
         "metrics": {k: round(float(v), 4) for k, v in sorted(metrics.items())},
-        "checkpoints": {
-            "last": next((cb.last_model_path for cb in callbacks.values() if getattr(cb, "last_model_path", "")), ""),
-            "best": next((cb.best_model_path for cb in callbacks.values() if getattr(cb, "monitor", None)), ""),
-        },
+        "checkpoints": _checkpoint_record(callbacks),
     }
     if trainer.is_global_zero:
         record["examples"] = [str(p) for p in write_examples(module.generator, datamodule.val_dataset, run_dir / "examples" / f"stage{stage}", cfg.n_examples)]
     log.info("stage %d done in %.0f s: %s", stage, fit_seconds, record["metrics"])
-    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-        sys.modules["wandb"].finish()  # one wandb run per stage: each stage's steps start at 0
+    _finish_wandb()
     return record
+
+
+def _train_prior(cfg: DictConfig, run_dir: Path, summary: dict, audit: dict | None, started: float) -> dict:
+    """The recipe of a learned speech prior (method=udiffse): one stage, `prior`, on the clean-prior
+    corpus alone; its checkpoints (EMA weights, the run config) are what enhance and evaluate load."""
+    max_steps = stage_budget(cfg, "prior")
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.model)
+    resume = find_checkpoint(cfg.ckpt_path) if cfg.ckpt_path else None
+    if cfg.init_from:
+        source = find_checkpoint(cfg.init_from)
+        result = module.load_state_dict(load_checkpoint(source)["state_dict"], strict=False)
+        log.info("init_from=%s: %d tensors missing, %d unexpected", source, len(result.missing_keys), len(result.unexpected_keys))
+    datamodule.setup("fit")
+    trainer, callbacks = _stage_trainer(cfg, "prior", run_dir, max_steps, True, audit)
+    params = sum(p.numel() for p in module.backbone.parameters())
+    log.info("prior: %d steps of denoising score matching on %s, a %.2f M-parameter score network",
+             max_steps, cfg.prior.dir, params / 1e6)
+    fit_started = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
+    fit_seconds = time.time() - fit_started
+    metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    summary["method"] = "udiffse"
+    summary["parameters_m"] = round(params / 1e6, 3)
+    summary["stages"]["prior"] = {"steps": int(trainer.global_step), "fit_seconds": round(fit_seconds, 1),
+                                  "metrics": {k: round(float(v), 4) for k, v in sorted(metrics.items())},
+                                  "checkpoints": _checkpoint_record(callbacks)}
+    summary["skipped_files"] = {name: [f"{p}: {why}" for p, why in corpus.skipped]
+                                for name, corpus in datamodule.corpora.items() if corpus.skipped}
+    summary["wall_time_s"] = round(time.time() - started, 1)
+    _write_summary(run_dir / "summary.json", summary)
+    _finish_wandb()
+    if rank_zero_only.rank == 0:
+        print(f"run directory: {run_dir}\nclean prior: {summary['prior']['name']} (in-domain: {summary['prior']['in_domain']})\n"
+              f"prior: {summary['stages']['prior']['steps']} steps, validation DSM loss {summary['stages']['prior']['metrics'].get('val/loss', float('nan')):.4f}\n"
+              f"wall time: {summary['wall_time_s']:.0f} s; summary: {run_dir}/summary.json\n"
+              f"enhance: python -m usedddp.enhance ckpt={run_dir} input=... output=...; "
+              f"score: python -m usedddp.evaluate ckpt={run_dir} output=...")
+    return summary
 
 
 def _corpus_record(corpus_cfg: DictConfig, data_cfg: DictConfig) -> dict:

@@ -1,6 +1,6 @@
 """Intrusive metrics of one clip against its reference: SI-SDR (Le Roux et al. 2019), STOI/ESTOI
 (pystoi), wide-band PESQ (the `pesq` package, ITU-T P.862.2) and narrow-band PESQ (ITU-T P.862 with
-the P.862.1 MOS-LQO mapping)."""
+the P.862.1 MOS-LQO mapping, and the raw P.862 score behind it)."""
 
 from __future__ import annotations
 
@@ -64,3 +64,33 @@ def pesq_nb(estimate, reference, sample_rate: int = 16000) -> float:
         return float(pesq(sample_rate, _as_numpy(reference), _as_numpy(estimate), "nb"))
     except (PesqError, ValueError):  # as in pesq_wb
         return math.nan
+
+
+# ITU-T P.862.1: MOS-LQO = 0.999 + 4 / (1 + exp(P862_1_SLOPE * raw + P862_1_OFFSET)), the mapping
+# the `pesq` package applies to the raw P.862 score in "nb" mode.
+P862_1_SLOPE, P862_1_OFFSET = -1.4945, 4.6607
+P862_1_FLOOR, P862_1_RANGE = 0.999, 4.0
+
+
+def pesq_nb_to_raw(mos: float) -> float:
+    """The raw P.862 score (-0.5 to 4.5) behind a narrow-band MOS-LQO: the inverse of P.862.1.
+
+    NaN stays NaN; a value outside the mapping's open range (0.999, 4.999) raises ValueError."""
+    mos = float(mos)
+    if math.isnan(mos):
+        return math.nan
+    if not P862_1_FLOOR < mos < P862_1_FLOOR + P862_1_RANGE:
+        low, high = P862_1_FLOOR, P862_1_FLOOR + P862_1_RANGE
+        raise ValueError(f"{mos} is outside the range of the P.862.1 mapping ({low}, {high})")
+    return (math.log(P862_1_RANGE / (mos - P862_1_FLOOR) - 1) - P862_1_OFFSET) / P862_1_SLOPE
+
+
+def pesq_nb_raw(estimate, reference, sample_rate: int = 16000) -> float:
+    """Raw narrow-band PESQ (ITU-T P.862, before the P.862.1 mapping), the score `pypesq` reports
+    and the UDiffSE and RVAE papers tabulate: `pesq_nb` mapped back, NaN where it is NaN.
+
+    The mapping is monotone, so it ranks systems as `pesq_nb` does; the raw score is the higher
+    of the two below about 3.4 and the lower above (identical signals: 4.5 against 4.55).
+    `pypesq` is a separate port of the same ITU-T reference code, so agreement with it on a given
+    file is expected but not checked here."""
+    return pesq_nb_to_raw(pesq_nb(estimate, reference, sample_rate))

@@ -32,6 +32,7 @@ def score_pair(estimate: Path, reference: Path | None, dnsmos: bool = True) -> d
             raise AudioFileError(reference, "reference is silent (all zeros): intrusive metrics are undefined")
         row["pesq_wb"] = metrics.pesq_wb(e, r, SAMPLE_RATE)
         row["pesq_nb"] = metrics.pesq_nb(e, r, SAMPLE_RATE)
+        row["pesq_nb_raw"] = metrics.pesq_nb_to_raw(row["pesq_nb"])  # the same score before P.862.1: no second PESQ run
         row["stoi"] = metrics.stoi(e, r, SAMPLE_RATE)
         row["estoi"] = metrics.estoi(e, r, SAMPLE_RATE)
         row["si_sdr"] = metrics.si_sdr(e, r)

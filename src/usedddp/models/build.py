@@ -20,7 +20,9 @@ log = logging.getLogger("usedddp.models")
 def split_weights(model_cfg: DictConfig | dict) -> tuple[dict, str | None]:
     """(the model config as plain containers, resolved, without codec.weights; that path or None)."""
     model = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
-    codec = dict(model.get("codec") or {})
+    if not isinstance(model.get("codec"), dict):  # a model without a codec (a score prior) has no DAC weights
+        return model, None
+    codec = dict(model["codec"])
     weights = codec.pop("weights", None)
     model["codec"] = codec
     return model, weights
@@ -33,6 +35,6 @@ def build_module(model_cfg: DictConfig | dict, **overrides):
     module = instantiate(model, **overrides)
     if weights:
         load_dac_weights(module.generator, weights)
-    elif isinstance(module.generator.codec, DACCodec):
+    elif isinstance(getattr(getattr(module, "generator", None), "codec", None), DACCodec):
         log.warning("codec: no DAC weights given (model.codec.weights=null): encoder and decoder start from random weights")
     return module

@@ -1,0 +1,1 @@
+"""Unsupervised speech-enhancement methods built on learned priors (UDiffSE and its parts)."""

@@ -1,0 +1,50 @@
+"""A UDiffSE run's checkpoint -> its enhancer (the inference layer's other method)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from usedddp.inference import InferenceError, LoadedModel, _run_dir
+from usedddp.methods.udiffse import SamplerConfig, UDiffSEEnhancer
+
+log = logging.getLogger("usedddp.inference")
+
+
+def sampler_config(config: DictConfig, overrides: dict | None = None) -> SamplerConfig:
+    """The run's `method` node with the user's overrides (method.sampler=fast, ...)."""
+    node = OmegaConf.to_container(config.get("method") or {}, resolve=True)
+    try:
+        return SamplerConfig.from_config({**node, **(overrides or {})})
+    except (TypeError, ValueError) as error:
+        raise InferenceError(str(error)) from None
+
+
+def load_udiffse(checkpoint: Path, state: dict, config: DictConfig, device: torch.device, overrides: dict | None = None,
+                 progress: bool = False) -> LoadedModel:
+    cfg = sampler_config(config, overrides)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = instantiate(OmegaConf.to_container(config.model, resolve=True))
+        module.load_state_dict(state["state_dict"], strict=True)
+    except Exception as error:
+        raise InferenceError(f"{checkpoint}: cannot rebuild the score model its config describes ({type(error).__name__}: {error})") from error
+    module = module.to(device).eval()
+    try:
+        score = module.gaussian_score() if cfg.score == "gaussian" else module.score(ema=True)
+    except ValueError as error:
+        raise InferenceError(f"{checkpoint}: {error}") from None
+    enhancer = UDiffSEEnhancer(score, module.sde, module.stft, cfg, module.frame_multiple, module.sample_rate, device, progress)
+    label = f"UDiffSE {cfg.sampler}" + (" (Gaussian score)" if cfg.score == "gaussian" else "")
+    params = sum(p.numel() for p in module.backbone.parameters()) / 1e6
+    log.info("model: %s (UDiffSE prior, %.2f M parameters; %s sampler, %s score, %d NFE per chunk)", checkpoint, params,
+             cfg.sampler, cfg.score, cfg.nfe)
+    return LoadedModel(enhancer, config, checkpoint, (state.get("usedddp") or {}).get("stage", "prior"),
+                       _run_dir(checkpoint), "udiffse", label)
+
