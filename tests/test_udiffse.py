@@ -145,3 +145,18 @@ def test_enhance_and_evaluate_take_the_run_with_no_new_flag(prior_run, tmp_path)
     result = _run([sys.executable, "-m", "usedddp.enhance", f"hydra.run.dir={tmp_path / 'h3'}", f"ckpt={prior_run}",
                    f"input={noisy}", f"output={tmp_path / 'x'}", "method.sampler=slow"], tmp_path)
     assert result.returncode == 2 and "method.sampler='slow'" in result.stdout, _tail(result.stdout)
+
+
+def test_prior_training_resumes_from_its_checkpoint(prior_run, tmp_path):
+    # ckpt_path restores weights, EMA, optimizer and step: the resumed run continues from step 3.
+    run_dir = tmp_path / "resumed"
+    last = prior_run / "prior" / "checkpoints" / "last.ckpt"
+    overrides = [o for o in TINY_PRIOR if not o.startswith("trainer.max_steps")]
+    result = _run([sys.executable, "-m", "usedddp.train", f"hydra.run.dir={run_dir}", *overrides, "trainer.max_steps=5",
+                   f"ckpt_path={last}"], tmp_path)
+    assert result.returncode == 0, _tail(result.stdout)
+    assert "Restored all states from the checkpoint" in result.stdout or "Restoring states" in result.stdout, _tail(result.stdout)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stages"]["prior"]["steps"] == 5
+    state = torch.load(run_dir / "prior" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 5
