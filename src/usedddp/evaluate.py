@@ -41,6 +41,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from usedddp import metrics
 from usedddp.audio import CorpusError
 from usedddp.config import CONFIG_DIR, prepare_argv  # also registers the ${usedddp_demo_root:} resolver
+from usedddp.methods import registry
 from usedddp.metrics.band import ACTIVE_RANGE_DB, BAND_FLOOR_DB, EMPTY_BAND_DB, FRAME_SECONDS, REFERENCE_MIN_BAND_DB
 from usedddp.metrics.scoring import SAMPLE_RATE, score_job, worker_init
 from usedddp.reporting import (METRICS, FolderError, Summary, cost_table, index_audio, summary_markdown, summary_table,
@@ -264,16 +265,21 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def write_outputs(output: Path, result: Evaluation, provenance: dict) -> Summary:
-    """per_file.csv, summary.json and summary.md in `output`; returns the summary."""
-    output.mkdir(parents=True, exist_ok=True)
+def write_per_file(path: Path, result: Evaluation) -> None:
+    """per_file.csv: one row per (file, system), the condition columns, every metric scored."""
     columns = ["file", "system"] + result.condition_columns + [m for m in METRICS if any(m in r for r in result.rows)]
     columns += ["duration_s", "length_diff"]
-    with (output / "per_file.csv").open("w", newline="") as f:
+    with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in result.rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def write_outputs(output: Path, result: Evaluation, provenance: dict) -> Summary:
+    """per_file.csv, summary.json and summary.md in `output`; returns the summary."""
+    output.mkdir(parents=True, exist_ok=True)
+    write_per_file(output / "per_file.csv", result)
     summary: Summary = {"provenance": provenance, "results": summarise(result)}
     write_summary(output / "summary.json", summary)
     (output / "summary.md").write_text(summary_markdown(summary))
@@ -447,16 +453,14 @@ def _evaluate_checkpoint(cfg: DictConfig, output: Path, jobs: int):
         raise EvaluateError(str(error)) from None
     run_cfg = model.config  # stored in the checkpoint: a checkpoint copied out of its run still names its test set
     noisy, clean, domain = resolve_test_set(run_cfg, cfg.data.root, cfg.data.noisy_dir, cfg.data.clean_dir, cfg.data.domain)
-    # A sampling method with no option given is scored as its comparison: the exact-score
-    # Gaussian baseline through the reference sampler, then the trained prior with each sampler.
-    variants = [overrides]
-    if model.method == "udiffse" and not {"sampler", "score"} & set(overrides):
-        variants = [{**overrides, "score": "gaussian", "sampler": "em"}, {**overrides, "sampler": "em"},
-                    {**overrides, "sampler": "fast"}]
+    # A method given none of its selector options (UDiffSE: sampler, score) is scored as its
+    # comparison, every scoring variant of the registry (UDiffSE: the exact-score Gaussian
+    # baseline through the reference sampler, then the trained prior with each sampler).
+    variants = registry.expand_variants(model.method, overrides)
     folders, cost, failed = {}, {}, []
     for variant in variants:
         try:
-            if variant is not overrides:
+            if variant != overrides:
                 model = load_enhancer(cfg.ckpt, cfg.device, variant)
             label = str(cfg.label) if cfg.label and len(variants) == 1 else model.label
             enhanced = output / "enhanced" / (_slug(label) if len(variants) > 1 else "")
@@ -467,16 +471,15 @@ def _evaluate_checkpoint(cfg: DictConfig, output: Path, jobs: int):
             raise EvaluateError(str(error)) from None
         folders[label], cost[label] = enhanced, report.cost
         failed += [f"{source} ({label}): {reason}" for source, reason in report.failed]
-    checkpoint, run_dir, stage = model.checkpoint, model.run_dir, model.stage
+    checkpoint, run_dir, stage, model_method = model.checkpoint, model.run_dir, model.stage, model.method
     del model
     conditions = _load_conditions(cfg.conditions, [clean, noisy])
-    label = next(iter(folders)) if len(folders) == 1 else "UDiffSE"
+    label = next(iter(folders)) if len(folders) == 1 else registry.short_name(model_method)
     result = evaluate_folders(folders, clean, noisy, conditions=conditions, dnsmos=bool(cfg.dnsmos), jobs=jobs)
     result.failed = failed + result.failed
     codec = OmegaConf.select(run_cfg, "model.codec._target_", default=None)
     method_name = str(OmegaConf.select(run_cfg, "method.name", default="use_ddp"))
-    default_method = {"use_ddp": "USE-DDP (unsupervised speech enhancement with data-defined priors)",
-                      "udiffse": "UDiffSE (diffusion prior of clean speech, NMF noise, EM posterior sampling)"}[method_name]
+    default_method = registry.describe(method_name)
     args = dict(label=label, enhanced=output / "enhanced", reference=clean, noisy=noisy, domain=domain,
                 method=str(cfg.method_description or default_method),
                 checkpoint={"path": str(checkpoint), "run_dir": None if run_dir is None else str(run_dir), "stage": stage,
