@@ -1,6 +1,6 @@
 """From a checkpoint to enhanced audio, for every method: the model rebuilt from the config stored
 inside the checkpoint (USE-DDP: the generator alone, no discriminators or losses; UDiffSE: the
-score network's EMA weights and the posterior sampler), and the chunked overlap-add that bounds
+score network's EMA weights and the posterior sampler; RVAE-NMF: the VAE prior and its EM), and the chunked overlap-add that bounds
 memory.
 
     model = load_enhancer("outputs/demo/2026-...")      # a run dir or any .ckpt it wrote
@@ -185,13 +185,17 @@ def load_enhancer(ckpt: str | Path, device: str | torch.device = "cpu", method: 
     overrides = {k: v for k, v in (method or {}).items() if v is not None}
     if name == "use_ddp":
         if overrides:
-            raise InferenceError(f"{checkpoint}: method.{sorted(overrides)[0]}=... is an option of sampling methods "
-                                 "(UDiffSE); this is a USE-DDP run, which has none")
+            raise InferenceError(f"{checkpoint}: method.{sorted(overrides)[0]}=... is an option of the learned-prior "
+                                 "methods (UDiffSE, RVAE-NMF); this is a USE-DDP run, which has none")
         return _use_ddp(checkpoint, state, config, device)
     if name == "udiffse":
         from usedddp.methods.loading import load_udiffse
 
         return load_udiffse(checkpoint, state, config, device, overrides, progress)
+    if name == "rvae":
+        from usedddp.methods.loading import load_vae
+
+        return load_vae(checkpoint, state, config, device, overrides, progress)
     raise InferenceError(f"{checkpoint}: method {name!r} is not one this usedddp can run")
 
 

@@ -33,17 +33,21 @@ from usedddp.stages import TRAINING_STAGES, TrainingStage
 
 log = logging.getLogger("usedddp.train")
 
+# Methods whose training is a clean-speech prior alone: {method: what its training minimises}.
+PRIOR_METHODS = {"udiffse": "denoising score matching", "rvae": "Itakura-Saito + beta KL (a VAE)"}
+
 
 def method_name(cfg: DictConfig) -> str:
-    """The run's method (configs/method/): use_ddp (the default, staged training) or udiffse."""
+    """The run's method (configs/method/): use_ddp (the default, staged training), or a learned
+    clean-speech prior trained alone: udiffse (diffusion) or rvae (VAE)."""
     return str(OmegaConf.select(cfg, "method.name", default="use_ddp"))
 
 
 def train(cfg: DictConfig) -> dict:
     method = method_name(cfg)
-    if method not in ("use_ddp", "udiffse"):
+    if method not in ("use_ddp", *PRIOR_METHODS):
         raise UsageError(f"method={method}: use method=use_ddp or an experiment that trains another method "
-                         "(experiment=udiffse_prior)")
+                         "(experiment=udiffse_prior, experiment=rvae_prior)")
     stages = [int(s) for s in cfg.stages] if method == "use_ddp" else ["prior"]
     budgets = {stage: stage_budget(cfg, stage) for stage in stages}  # refuses a stage without one, before any work
     check_accelerator(cfg)
@@ -59,7 +63,7 @@ def train(cfg: DictConfig) -> dict:
         log.warning("clean prior '%s' is IN-DOMAIN for data '%s': it comes from the corpus the evaluation mixtures were made from, which flatters results", prior["name"], cfg.data.domain)
     log.info("clean prior: %s (%s); noise prior: %s (%s)", prior["name"], prior["dir"], noise["name"], noise["dir"])
     audit = _audit(cfg)
-    if method == "udiffse":
+    if method in PRIOR_METHODS:
         summary = {"run_dir": str(run_dir), "config": str(run_dir / ".hydra" / "config.yaml"),
                    "data": {"domain": cfg.data.domain, "root": str(cfg.data.root)}, "prior": prior, "noise": noise,
                    "audit": audit, "init_from": cfg.init_from, "stages": {}}
@@ -227,8 +231,9 @@ def _fit_stage(cfg: DictConfig, module, datamodule, spec: TrainingStage, max_ste
 
 
 def _train_prior(cfg: DictConfig, run_dir: Path, summary: dict, audit: dict | None, started: float) -> dict:
-    """The recipe of a learned speech prior (method=udiffse): one stage, `prior`, on the clean-prior
-    corpus alone; its checkpoints (EMA weights, the run config) are what enhance and evaluate load."""
+    """The recipe of a learned speech prior (method=udiffse or rvae): one stage, `prior`, on the
+    clean-prior corpus alone; its checkpoints (weights, the run config) are what enhance, evaluate
+    and compare load."""
     max_steps = stage_budget(cfg, "prior")
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.model)
@@ -240,13 +245,13 @@ def _train_prior(cfg: DictConfig, run_dir: Path, summary: dict, audit: dict | No
     datamodule.setup("fit")
     trainer, callbacks = _stage_trainer(cfg, "prior", run_dir, max_steps, True, audit)
     params = sum(p.numel() for p in module.backbone.parameters())
-    log.info("prior: %d steps of denoising score matching on %s, a %.2f M-parameter score network",
-             max_steps, cfg.prior.dir, params / 1e6)
+    log.info("prior: %d steps of %s on %s, a %.2f M-parameter %s", max_steps, PRIOR_METHODS[method_name(cfg)],
+             cfg.prior.dir, params / 1e6, type(module.backbone).__name__)
     fit_started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     fit_seconds = time.time() - fit_started
     metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    summary["method"] = "udiffse"
+    summary["method"] = method_name(cfg)
     summary["parameters_m"] = round(params / 1e6, 3)
     summary["stages"]["prior"] = {"steps": int(trainer.global_step), "fit_seconds": round(fit_seconds, 1),
                                   "metrics": {k: round(float(v), 4) for k, v in sorted(metrics.items())},
@@ -258,10 +263,11 @@ def _train_prior(cfg: DictConfig, run_dir: Path, summary: dict, audit: dict | No
     _finish_wandb()
     if rank_zero_only.rank == 0:
         print(f"run directory: {run_dir}\nclean prior: {summary['prior']['name']} (in-domain: {summary['prior']['in_domain']})\n"
-              f"prior: {summary['stages']['prior']['steps']} steps, validation DSM loss {summary['stages']['prior']['metrics'].get('val/loss', float('nan')):.4f}\n"
+              f"prior: {summary['stages']['prior']['steps']} steps, validation loss {summary['stages']['prior']['metrics'].get('val/loss', float('nan')):.4f}\n"
               f"wall time: {summary['wall_time_s']:.0f} s; summary: {run_dir}/summary.json\n"
               f"enhance: python -m usedddp.enhance ckpt={run_dir} input=... output=...; "
-              f"score: python -m usedddp.evaluate ckpt={run_dir} output=...")
+              f"score: python -m usedddp.evaluate ckpt={run_dir} output=...; "
+              f"compare: python -m usedddp.compare runs=[{run_dir},...] output=...")
     return summary
 
 

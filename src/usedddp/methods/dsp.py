@@ -1,7 +1,8 @@
-"""The compressed STFT domain shared by the unsupervised methods (UDiffSE now, the VAE-prior
-methods later), and the one normalisation rule used both to train a prior and to enhance.
+"""The time-frequency domains of the learned-prior methods, each with the one normalisation rule
+used both to train its prior and to enhance: UDiffSE's compressed STFT (CompressedSTFT,
+normalise_spec) and the VAE-NMF methods' power spectrogram (PowerSTFT, normalise_power, below).
 
-Defaults are those of UDiffSE's reference code (Nortier, Sadeghi, Serizel, "Unsupervised speech
+CompressedSTFT's defaults are those of UDiffSE's reference code (Nortier, Sadeghi, Serizel, "Unsupervised speech
 enhancement with diffusion-based generative models", ICASSP 2024, after SGMSE+: Richter, Welker,
 Lemercier, Lay, Gerkmann, "Speech enhancement and dereverberation with diffusion-based generative
 models", IEEE/ACM TASLP 2023): n_fft 510 so that F = 256 bins (a power of two for the U-Net),
@@ -10,6 +11,8 @@ c -> beta |c|^alpha e^{j angle c} with alpha = 0.5, beta = 0.15.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -100,3 +103,50 @@ def normalise_spec(spec: Tensor) -> tuple[Tensor, Tensor]:
     # homogeneous, dividing by it is still a plain gain on the waveform, scale^(-1/alpha).
     scale = spec.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
     return spec / scale, scale
+
+
+def sine_window(n: int) -> Tensor:
+    """sin(pi (k + 1/2) / n), k = 0..n-1: its square overlap-adds to a constant at hop n/4."""
+    return torch.sin(math.pi * (torch.arange(n, dtype=torch.float64) + 0.5) / n).float()
+
+
+class PowerSTFT(nn.Module):
+    """wav (B, 1, T) or (B, T) <-> complex STFT (B, F, N) and its power |X|^2, for the VAE-prior
+    methods: a 64 ms sine window (1024 samples at 16 kHz), hop 256, F = 513, centred frames, as
+    in Leglaive, Girin, Horaud, "A variance modeling framework based on variational autoencoders
+    for speech enhancement" (MLSP 2018) and Bie et al., "Unsupervised speech enhancement using
+    dynamical variational autoencoders" (IEEE/ACM TASLP 2022)."""
+
+    window: Tensor
+
+    def __init__(self, n_fft: int = 1024, hop_length: int = 256):
+        super().__init__()
+        self.n_fft, self.hop_length = int(n_fft), int(hop_length)
+        self.register_buffer("window", sine_window(self.n_fft), persistent=False)
+
+    @property
+    def n_freq(self) -> int:
+        return self.n_fft // 2 + 1
+
+    def spec(self, wav: Tensor) -> Tensor:
+        """wav (B, 1, T) or (B, T) -> complex (B, F, N)."""
+        if wav.dim() == 3:
+            wav = rearrange(wav, "b 1 t -> b t")
+        if wav.dim() != 2:
+            raise ValueError(f"expected a waveform (B, 1, T) or (B, T), got shape {tuple(wav.shape)}")
+        window = self.window.to(device=wav.device, dtype=wav.dtype)
+        return torch.stft(wav, self.n_fft, self.hop_length, window=window, center=True, return_complex=True)
+
+    def wav(self, spec: Tensor, length: int) -> Tensor:
+        """complex (B, F, N) -> wav (B, 1, length)."""
+        window = self.window.to(device=spec.device, dtype=spec.real.dtype)
+        wav = torch.istft(spec, self.n_fft, self.hop_length, window=window, center=True, length=int(length))
+        return rearrange(wav, "b t -> b 1 t")
+
+
+def normalise_power(power: Tensor, floor: float = 1e-10) -> tuple[Tensor, Tensor]:
+    """power (..., F, N) -> (power / scale clamped at `floor`, scale (..., 1, 1)), scale = the
+    item's mean power: one level rule for training a VAE prior and for enhancing with it (the
+    per-frame gain of the EM absorbs what remains of the level)."""
+    scale = power.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-20)
+    return (power / scale).clamp_min(floor), scale

@@ -66,3 +66,34 @@ def is_nmf_update(V: Tensor, W: Tensor, H: Tensor, *, exponent: float = 1.0, flo
     H = H * ((Wt @ (V * V_hat.pow(-2))) / (Wt @ V_hat.reciprocal())).pow(exponent)
     H = H.clamp_min(floor)
     return l1_normalise(W, H) if normalise else (W, H)
+
+
+def mixture_nll(V: Tensor, speech_var: Tensor, W: Tensor, H: Tensor, g: Tensor) -> Tensor:
+    """The objective of the M-step of the VAE-NMF methods: the negative log-likelihood (up to
+    constants) of the power V (F, T) under CN(0, g_t v_r + W H), averaged over the R speech
+    variance samples speech_var (R, F, T); g (T,) is the per-frame gain. -> scalar."""
+    Vx = g * speech_var + W @ H
+    return (torch.log(Vx) + V / Vx).sum(dim=(-2, -1)).mean()
+
+
+def mixture_mstep(V: Tensor, speech_var: Tensor, W: Tensor, H: Tensor, g: Tensor, *, exponent: float = 0.5,
+                  floor: float = 1e-10) -> tuple[Tensor, Tensor, Tensor]:
+    """One multiplicative update of W, then H, then g for V (F, T) ~ CN(0, g v_r + W H), pooled over
+    the R samples speech_var (R, F, T): the M-step of Leglaive, Girin, Horaud (MLSP 2018, eqs.
+    18-20) with the majorise-minimise exponent 1/2 of the reference codes, under which none of
+    the three updates increases `mixture_nll` (Févotte & Idier 2011). W's columns are l1-normalised
+    between H and g (W H unchanged). -> (W (F, K), H (K, T), g (T,))."""
+
+    def ratios(Vx: Tensor) -> tuple[Tensor, Tensor]:  # sum over r of V Vx^-2 and of Vx^-1
+        return (V * Vx.pow(-2)).sum(0), Vx.reciprocal().sum(0)
+
+    num, den = ratios(g * speech_var + W @ H)
+    W = (W * ((num @ H.mT) / (den @ H.mT)).pow(exponent)).clamp_min(floor)
+    num, den = ratios(g * speech_var + W @ H)
+    H = (H * ((W.mT @ num) / (W.mT @ den)).pow(exponent)).clamp_min(floor)
+    W, H = l1_normalise(W, H)
+    Vx = g * speech_var + W @ H
+    num = (V * speech_var * Vx.pow(-2)).sum(dim=(0, 1))
+    den = (speech_var * Vx.reciprocal()).sum(dim=(0, 1))
+    g = (g * (num / den).pow(exponent)).clamp_min(floor)
+    return W, H, g
