@@ -17,6 +17,7 @@ import torch
 
 from test_train import _env, _tail
 from usedddp.assets import DEMO_ROOT
+from usedddp.methods.baselines import ORACLE_WIENER_LABEL
 from usedddp.methods.dsp import PowerSTFT, normalise_power, sine_window
 from usedddp.methods.nmf import mixture_mstep, mixture_nll, nmf_init
 from usedddp.methods.vae_nmf import (EMConfig, VAENMFEnhancer, is_frame_local, langevin, mala, metropolis_hastings,
@@ -321,3 +322,27 @@ def test_frame_wise_vae_trains_with_the_same_experiment(tmp_path):
     assert result.returncode == 0, _tail(result.stdout)
     state = torch.load(run_dir / "prior" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["usedddp"]["config"]["model"]["backbone"]["_target_"].endswith("FrameVAE")
+
+
+def test_compare_takes_the_rvae_run_beside_the_baselines(rvae_run, tmp_path):
+    pairs = sorted((DEMO_ROOT / "noisy_testset").glob("*.flac"))[:2]
+    noisy, clean = tmp_path / "noisy", tmp_path / "clean"
+    for folder, source in ((noisy, "noisy_testset"), (clean, "clean_testset")):
+        folder.mkdir()
+        for p in pairs:
+            data, sr = sf.read(str(DEMO_ROOT / source / p.name))
+            sf.write(str(folder / p.name), data[: sr], sr)
+    out = tmp_path / "cmp"
+    cheap = "{em_iterations:2,mcem_steps:3,mcem_burn_in:1,ldem_chains:2}"
+    result = _run([sys.executable, "-m", "usedddp.compare", f"hydra.run.dir={tmp_path / 'h'}", f"runs=[{rvae_run}]",
+                   f"output={out}", f"data.noisy_dir={noisy}", f"data.clean_dir={clean}", "dnsmos=false", "jobs=1",
+                   f"variants.rvae=[{{estep:mcem,{cheap[1:-1]}}},{{estep:ldem,{cheap[1:-1]}}}]"], tmp_path)
+    assert result.returncode == 0, _tail(result.stdout)
+    report = json.loads((out / "compare.json").read_text())
+    systems = [row["system"] for row in report["results"]["overall"]]
+    assert systems == ["noisy", "noisereduce", ORACLE_WIENER_LABEL, "RVAE-NMF mcem", "RVAE-NMF ldem"], systems
+    cost = report["provenance"]["cost"]
+    assert cost["RVAE-NMF mcem"]["nfe"] > 0 and cost["RVAE-NMF ldem"]["nfe"] > 0
+    runs = {r["method"]: r for r in report["provenance"]["runs"]}
+    assert runs["RVAE-NMF"]["training_data"] == "the clean prior only"
+    assert (out / "quality_cost.png").is_file() and (out / "per_file.csv").is_file()

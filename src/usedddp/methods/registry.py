@@ -44,7 +44,7 @@ METHODS: dict[str, MethodInfo] = {
         variants=({"sampler": "em"}, {"sampler": "fast"}),
         noise_model="NMF, fitted to each file at test time"),
     "rvae": MethodInfo(
-        "RVAE-NMF", "RVAE-NMF (recurrent VAE prior of clean speech, NMF noise, EM inference)",
+        "RVAE-NMF", "RVAE-NMF (recurrent VAE prior of clean speech, or the frame-wise VAE of model=vae; NMF noise; EM inference)",
         selectors=("estep",),
         variants=({"estep": "vem"}, {"estep": "mcem"}, {"estep": "ldem"}, {"estep": "mala"}),
         noise_model="NMF, fitted to each file at test time"),
