@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from test_enhance import _make_run  # an untrained tiny USE-DDP run directory, built without training
 from test_train import _env, _tail
-from test_udiffse import prior_run  # noqa: F401  (the module fixture: the tiny UDiffSE prior run)
+from test_udiffse import one_second_pairs, prior_run  # noqa: F401  (prior_run: the module fixture, the tiny UDiffSE prior run)
 from usedddp import metrics
 from usedddp.assets import DEMO_ROOT
 from usedddp.methods import registry
@@ -123,12 +122,7 @@ def _compare(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
 def test_set(tmp_path_factory) -> Path:
     """Two demo test pairs cut to 1 s: noisy/, clean/."""
     root = tmp_path_factory.mktemp("compare_testset")
-    pairs = sorted((DEMO_ROOT / "noisy_testset").glob("*.flac"))[:2]
-    for folder, source in (("noisy", "noisy_testset"), ("clean", "clean_testset")):
-        (root / folder).mkdir()
-        for p in pairs:
-            data, sr = sf.read(str(DEMO_ROOT / source / p.name))
-            sf.write(str(root / folder / p.name), data[:sr], sr)
+    one_second_pairs(root)
     return root
 
 

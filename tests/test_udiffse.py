@@ -91,6 +91,17 @@ TINY_PRIOR = ["experiment=udiffse_prior", "trainer.max_steps=3", "trainer.val_ch
 CHEAP = ["method.reverse_steps=2", "method.em_iterations=2", "method.n_samples=2"]
 
 
+def one_second_pairs(root: Path, n: int = 2) -> tuple[Path, Path]:
+    """The first n demo test pairs cut to 1 s, in root/noisy and root/clean: (noisy, clean)."""
+    noisy, clean = root / "noisy", root / "clean"
+    for folder, source in ((noisy, "noisy_testset"), (clean, "clean_testset")):
+        folder.mkdir()
+        for p in sorted((DEMO_ROOT / "noisy_testset").glob("*.flac"))[:n]:
+            data, sr = sf.read(str(DEMO_ROOT / source / p.name))
+            sf.write(str(folder / p.name), data[:sr], sr)
+    return noisy, clean
+
+
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
 
@@ -115,13 +126,8 @@ def test_prior_run_records_its_method_and_checkpoints(prior_run):
 
 
 def test_enhance_and_evaluate_take_the_run_with_no_new_flag(prior_run, tmp_path):
-    pairs = sorted((DEMO_ROOT / "noisy_testset").glob("*.flac"))[:2]
-    noisy, clean = tmp_path / "noisy", tmp_path / "clean"
-    for folder, source in ((noisy, "noisy_testset"), (clean, "clean_testset")):
-        folder.mkdir()
-        for p in pairs:
-            data, sr = sf.read(str(DEMO_ROOT / source / p.name))
-            sf.write(str(folder / p.name), data[: sr], sr)  # 1 s each
+    noisy, clean = one_second_pairs(tmp_path)
+    pairs = sorted(noisy.iterdir())
     out = tmp_path / "enhanced"
     result = _run([sys.executable, "-m", "usedddp.enhance", f"hydra.run.dir={tmp_path / 'h1'}", f"ckpt={prior_run}",
                    f"input={noisy}", f"output={out}", "method.sampler=fast", *CHEAP], tmp_path)

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from test_train import _env, _tail
-from usedddp.assets import DEMO_ROOT
+from test_udiffse import one_second_pairs
 from usedddp.methods.baselines import ORACLE_WIENER_LABEL
 from usedddp.methods.dsp import PowerSTFT, normalise_power, sine_window
 from usedddp.methods.nmf import mixture_mstep, mixture_nll, nmf_init
@@ -273,13 +272,8 @@ def test_rvae_run_records_its_method_and_checkpoints(rvae_run):
 
 
 def test_enhance_and_evaluate_take_the_rvae_run(rvae_run, tmp_path):
-    pairs = sorted((DEMO_ROOT / "noisy_testset").glob("*.flac"))[:2]
-    noisy, clean = tmp_path / "noisy", tmp_path / "clean"
-    for folder, source in ((noisy, "noisy_testset"), (clean, "clean_testset")):
-        folder.mkdir()
-        for p in pairs:
-            data, sr = sf.read(str(DEMO_ROOT / source / p.name))
-            sf.write(str(folder / p.name), data[: sr], sr)  # 1 s each
+    noisy, clean = one_second_pairs(tmp_path)
+    pairs = sorted(noisy.iterdir())
     out = tmp_path / "enhanced"
     result = _run([sys.executable, "-m", "usedddp.enhance", f"hydra.run.dir={tmp_path / 'h1'}", f"ckpt={rvae_run}",
                    f"input={noisy}", f"output={out}", "method.estep=mcem", *CHEAP], tmp_path)
@@ -325,13 +319,7 @@ def test_frame_wise_vae_trains_with_the_same_experiment(tmp_path):
 
 
 def test_compare_takes_the_rvae_run_beside_the_baselines(rvae_run, tmp_path):
-    pairs = sorted((DEMO_ROOT / "noisy_testset").glob("*.flac"))[:2]
-    noisy, clean = tmp_path / "noisy", tmp_path / "clean"
-    for folder, source in ((noisy, "noisy_testset"), (clean, "clean_testset")):
-        folder.mkdir()
-        for p in pairs:
-            data, sr = sf.read(str(DEMO_ROOT / source / p.name))
-            sf.write(str(folder / p.name), data[: sr], sr)
+    noisy, clean = one_second_pairs(tmp_path)
     out = tmp_path / "cmp"
     cheap = "{em_iterations:2,mcem_steps:3,mcem_burn_in:1,ldem_chains:2}"
     result = _run([sys.executable, "-m", "usedddp.compare", f"hydra.run.dir={tmp_path / 'h'}", f"runs=[{rvae_run}]",

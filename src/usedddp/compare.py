@@ -42,7 +42,7 @@ from usedddp.evaluate import (EvaluateError, Evaluation, _corpus, _load_conditio
                               provenance_record, resolve_test_set, summarise, write_per_file)
 from usedddp.methods import registry
 from usedddp.reporting import (HEADERS, MISSING, NOISY, FolderError, Summary, SummaryError, cost_table, fmt, index_audio,
-                               markdown_grid, read_summary, summary_table, write_summary)
+                               json_safe, markdown_grid, read_summary, summary_table, write_summary)
 
 log = logging.getLogger("usedddp.compare")
 
@@ -293,16 +293,6 @@ def _json_normal(value):
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def variants_for(cfg: DictConfig, method: str) -> list[dict]:
     """`variants.<method>` (a list of option dicts; a bare string picks the method's first
     selector option, e.g. variants.rvae=[vem,mala]), or the registry's comparison variants."""
@@ -384,7 +374,7 @@ def write_manifest(system: System, noisy: Path, complete: bool, files: list[str]
                                                              "mtime_ns": system.key["checkpoint_mtime_ns"]},
               "variant": system.variant, "noisy_dir": str(noisy.resolve()), "cost": system.cost, "files": files,
               "failed": system.failed, "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    (system.folder / MANIFEST).write_text(json.dumps(_json_safe(record), indent=2) + "\n")
+    (system.folder / MANIFEST).write_text(json.dumps(json_safe(record), indent=2) + "\n")
 
 
 def _label(system: System, model_label: str) -> str:

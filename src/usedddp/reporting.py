@@ -119,20 +119,20 @@ class Summary(TypedDict):
     results: Results
 
 
-def _json_safe(value):
+def json_safe(value):
     # JSON has no NaN/Inf (json.dumps would write the non-standard NaN): None instead.
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
 def write_summary(path: str | Path, summary: Summary) -> None:
     """summary.json: non-finite numbers written as null."""
-    Path(path).write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    Path(path).write_text(json.dumps(json_safe(summary), indent=2) + "\n")
 
 
 def read_summary(path: str | Path) -> Summary:

@@ -27,18 +27,23 @@ def sampler_config(config: DictConfig, overrides: dict | None = None) -> Sampler
         raise InferenceError(str(error)) from None
 
 
-def load_udiffse(checkpoint: Path, state: dict, config: DictConfig, device: torch.device, overrides: dict | None = None,
-                 progress: bool = False) -> LoadedModel:
-    check_options(checkpoint, "a UDiffSE", overrides or {}, {f.name for f in fields(SamplerConfig)})
-    cfg = sampler_config(config, overrides)
+def rebuild_prior(checkpoint: Path, state: dict, config: DictConfig, device: torch.device, what: str):
+    """The prior's LightningModule from the run config, its weights loaded strictly, eval mode on `device`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             module = instantiate(OmegaConf.to_container(config.model, resolve=True))
         module.load_state_dict(state["state_dict"], strict=True)
     except Exception as error:
-        raise InferenceError(f"{checkpoint}: cannot rebuild the score model its config describes ({type(error).__name__}: {error})") from error
-    module = module.to(device).eval()
+        raise InferenceError(f"{checkpoint}: cannot rebuild the {what} its config describes ({type(error).__name__}: {error})") from error
+    return module.to(device).eval()
+
+
+def load_udiffse(checkpoint: Path, state: dict, config: DictConfig, device: torch.device, overrides: dict | None = None,
+                 progress: bool = False) -> LoadedModel:
+    check_options(checkpoint, "a UDiffSE", overrides or {}, {f.name for f in fields(SamplerConfig)})
+    cfg = sampler_config(config, overrides)
+    module = rebuild_prior(checkpoint, state, config, device, "score model")
     try:
         score = module.gaussian_score() if cfg.score == "gaussian" else module.score(ema=True)
     except ValueError as error:
@@ -73,14 +78,7 @@ def load_vae(checkpoint: Path, state: dict, config: DictConfig, device: torch.de
         cfg = EMConfig.from_config({**node, **overrides})
     except (TypeError, ValueError) as error:
         raise InferenceError(str(error)) from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            module = instantiate(OmegaConf.to_container(config.model, resolve=True))
-        module.load_state_dict(state["state_dict"], strict=True)
-    except Exception as error:
-        raise InferenceError(f"{checkpoint}: cannot rebuild the VAE its config describes ({type(error).__name__}: {error})") from error
-    module = module.to(device).eval()
+    module = rebuild_prior(checkpoint, state, config, device, "VAE")
     enhancer = VAENMFEnhancer(module.backbone, module.stft, cfg, module.sample_rate, device, progress)
     kind = type(module.backbone).__name__
     label = f"{'RVAE' if kind == 'RVAE' else 'VAE'}-NMF {cfg.estep}"
