@@ -501,6 +501,7 @@ EXPERIMENT_OVERRIDES = {
     "vctk_unsup": ["data.root=/data/VCTK-DEMAND"],
     "codec_ablation": ["dac_weights=/models/weights_16khz.pth"],  # read by model/codec=dac16k_release only
     "udiffse_prior": [],
+    "rvae_prior": [],
 }
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -519,7 +520,7 @@ def test_experiment_composes(name, tmp_path):
     assert name in EXPERIMENT_OVERRIDES, f"configs/experiment/{name}.yaml has no entry in EXPERIMENT_OVERRIDES (tests/test_train.py)"
     required = EXPERIMENT_OVERRIDES[name]
     # USE-DDP experiments are composed with the tiny model; a learned prior's experiment keeps its own.
-    model = [] if name == "udiffse_prior" else ["model=tiny"]
+    model = [] if name in ("udiffse_prior", "rvae_prior") else ["model=tiny"]
     cfg = _compose([f"experiment={name}", *model, f"paths.output_dir={tmp_path}", *required])
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert resolved["run_name"]
