@@ -42,7 +42,7 @@ from usedddp.evaluate import (EvaluateError, Evaluation, _corpus, _load_conditio
                               provenance_record, resolve_test_set, summarise, write_per_file)
 from usedddp.methods import registry
 from usedddp.reporting import (HEADERS, MISSING, NOISY, FolderError, Summary, SummaryError, cost_table, fmt, index_audio,
-                               json_safe, markdown_grid, read_summary, summary_table, write_summary)
+                               json_safe, markdown_grid, problem_sections, read_summary, summary_table, write_summary)
 
 log = logging.getLogger("usedddp.compare")
 
@@ -573,11 +573,7 @@ def compare_markdown(summary: Summary) -> str:
         lines += ["", "## Training data and priors", "", priors_table(meta["runs"])]
         if test.get("domain") is None:
             lines += ["", "In-domain for the test set: unknown (–), the test set's domain is not known; pass data.domain=NAME."]
-    if meta["failed"]:
-        lines += ["", "## Failures", ""] + [f"- {f}" for f in meta["failed"]]
-    unmatched = {k: v for k, v in meta["unmatched"].items() if v}
-    if unmatched:
-        lines += ["", "## Unmatched files (not scored)", ""] + [f"- {role}: {len(v)} (e.g. `{v[0]}`)" for role, v in unmatched.items()]
+    lines += problem_sections(meta, "Failures")
     return "\n".join(lines) + "\n"
 
 

@@ -218,12 +218,17 @@ def summary_markdown(summary: Summary) -> str:
                 for value, table in groups.items() for row in table]
         lines += ["", f"## Per condition: {column}", "",
                   markdown_grid([column, "system", "files"] + [HEADERS[m] for m in metrics], rows)]
-    if meta["failed"]:
-        lines += ["", "## Failed files", ""] + [f"- {f}" for f in meta["failed"]]
+    lines += problem_sections(meta, "Failed files")
+    return "\n".join(lines) + "\n"
+
+
+def problem_sections(meta: dict, failed_heading: str) -> list[str]:
+    """Markdown lines listing the failures and the files without a partner of a summary's provenance."""
+    lines = ["", f"## {failed_heading}", ""] + [f"- {f}" for f in meta["failed"]] if meta["failed"] else []
     unmatched = {k: v for k, v in meta["unmatched"].items() if v}
     if unmatched:
         lines += ["", "## Unmatched files (not scored)", ""] + [f"- {role}: {len(v)} (e.g. `{v[0]}`)" for role, v in unmatched.items()]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def cost_table(cost: dict[str, dict]) -> str:
