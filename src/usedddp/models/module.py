@@ -6,6 +6,7 @@ maths lives in the generator, the losses and the discriminators.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections import Counter
@@ -13,13 +14,22 @@ from typing import Callable
 
 import lightning as L
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
-from usedddp.losses.adversarial import discriminator_loss, feature_matching_loss, generator_loss
+from usedddp.losses.adversarial import (
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+    stacked_discriminator_loss,
+    stacked_feature_matching_loss,
+    stacked_generator_loss,
+)
 from usedddp.losses.reconstruction import ReconstructionLoss, scale_anchor_loss
 from usedddp.metrics import band_level_db, band_si_sdr, dnsmos, estoi, pesq_wb, si_sdr
+from usedddp.models.components.discriminator import JointEnsembles
 from usedddp.models.generator import GeneratorOutput, build_generator
-from usedddp.outputs import DiscriminatorOutput
+from usedddp.outputs import DiscriminatorOutput, StackedDiscriminatorOutput
 from usedddp.stages import ENSEMBLES, TrainingStage, training_stage as stage_spec
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,7 @@ class USEDDPModule(L.LightningModule):
         val_dnsmos: bool = True,
         sample_rate: int = 16000,
         stage3_prior_mixture: float = 0.0,
+        fast_step: bool = True,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -74,6 +85,12 @@ class USEDDPModule(L.LightningModule):
         self.full_metrics_next_val = False
         self._val_count = 0
         self._val_rows: list[dict[str, float]] = []
+        # The step's launch-bound parts batched (grouped discriminators, stacked losses, fused
+        # optimizers, one norm op per part); False is the per-module reference path, the same
+        # numbers to rounding (tests/test_fast_step.py, scripts/benchmark_train_ops.py).
+        self.fast_step = bool(fast_step)
+        self._joint: dict[tuple[str, ...], JointEnsembles] = {}
+        self._parts: dict[str, tuple] = {}  # player -> (first parameter, parameters, parts)
 
     @property
     def training_stage(self) -> TrainingStage:
@@ -86,10 +103,21 @@ class USEDDPModule(L.LightningModule):
         self._training_stage = stage_spec(value)
 
     def configure_optimizers(self):
-        opt_g = self.optimizer_g(self.generator.parameters())
-        opt_d = self.optimizer_d(self.discriminators.parameters())
+        opt_g = self._optimizer(self.optimizer_g, self.generator.parameters())
+        opt_d = self._optimizer(self.optimizer_d, self.discriminators.parameters())
         schedulers = [s(o) for s, o in ((self.scheduler_g, opt_g), (self.scheduler_d, opt_d)) if s is not None]
         return [opt_g, opt_d], schedulers
+
+    def _optimizer(self, factory: Callable, params):
+        """factory(params); on the fast path with fused=True where the optimizer takes it and the
+        config chose no implementation: torch's CPU default is a Python loop over the parameters
+        (about ten ops each: 2,378 parameters in dac16k), the fused kernel one op for all."""
+        keywords = getattr(factory, "keywords", None)
+        func = getattr(factory, "func", None)
+        if self.fast_step and keywords is not None and not {"fused", "foreach"} & set(keywords) \
+                and "fused" in inspect.signature(func).parameters:
+            return factory(params, fused=True)
+        return factory(params)
 
     # -- training -----------------------------------------------------------------------------
 
@@ -151,13 +179,34 @@ class USEDDPModule(L.LightningModule):
     def discriminator_terms(self, reals: dict[str, Tensor], fakes: dict[str, Tensor]) -> dict[str, Tensor]:
         """LS-GAN discriminator loss per playing ensemble; fakes are detached, so this step
         cannot reach the generator."""
-        return {f"d/{name}": discriminator_loss(*self.judge(name, reals[name], fakes[name].detach())) for name in self.training_stage.ensembles}
+        names = self.training_stage.ensembles
+        joint = self.judge_jointly(names, [reals[n] for n in names], [fakes[n].detach() for n in names])
+        if joint is not None:
+            return dict(zip((f"d/{name}" for name in names), stacked_discriminator_loss(*joint).unbind()))
+        return {f"d/{name}": discriminator_loss(*self.judge(name, reals[name], fakes[name].detach())) for name in names}
 
     def judge(self, name: str, *wavs: Tensor) -> list[DiscriminatorOutput]:
         """One pass of ensemble `name` over signals stacked on the batch axis: half the kernel
         launches of one pass each, which bound the step time on a GPU (the ensembles are many
         small convolutions). Per-item normalisation keeps the items independent."""
         return self.discriminators[name](torch.cat(wavs)).chunk(len(wavs))
+
+    def judge_jointly(self, names: tuple[str, ...], *wavs: list[Tensor]) -> list[StackedDiscriminatorOutput] | None:
+        """`judge` of every ensemble in `names` in one grouped pass (JointEnsembles): wavs[k][e]
+        (B, 1, T) is the k-th signal ensemble names[e] judges. None on the reference path or when
+        the signals differ in shape (they cannot be stacked)."""
+        flat = [w for ws in wavs for w in ws]
+        if not self.fast_step or not names or len({w.shape for w in flat}) > 1:
+            return None
+        joint = self._joint.get(names)
+        ensembles = [self.discriminators[n] for n in names]
+        # Rebuilt if an ensemble or its parameters were replaced (load_state_dict(assign=True)).
+        if joint is None or any(a is not b for a, b in zip(joint.ensembles, ensembles)) \
+                or joint.convs[0][0].weight_v is not ensembles[0].discriminators[0].band_convs[0][0][0].weight_v:
+            joint = self._joint[names] = JointEnsembles(ensembles)
+        # (k*B, E, T): the k signals of each ensemble stacked on the batch axis, as `judge` does.
+        stacked = torch.stack([torch.cat([ws[e] for ws in wavs]) for e in range(len(names))], dim=1)
+        return joint(rearrange(stacked, "n e 1 t -> n e t")).chunk(len(wavs))
 
     def generator_terms(self, batch, out: GeneratorOutput, reals: dict[str, Tensor], fakes: dict[str, Tensor]) -> dict[str, Tensor]:
         """Unweighted generator loss terms, keyed as in `loss_weights` (and the logs)."""
@@ -178,6 +227,13 @@ class USEDDPModule(L.LightningModule):
         for stream, branch in out.branches.items():
             terms[f"vq/{stream}/commitment"] = branch.commitment
             terms[f"vq/{stream}/codebook"] = branch.codebook
+        joint = self.judge_jointly(spec.ensembles, [fakes[n] for n in spec.ensembles], [reals[n] for n in spec.ensembles])
+        if joint is not None:
+            paired = [name == "noisy" or name in spec.targets for name in spec.ensembles]
+            gen, feat = stacked_generator_loss(joint[0]).unbind(), stacked_feature_matching_loss(joint[1], joint[0], paired).unbind()
+            for name, g, f in zip(spec.ensembles, gen, feat):
+                terms[f"adv/{name}/gen"], terms[f"adv/{name}/feat"] = g, f
+            return terms
         for name in spec.ensembles:
             d_fake, d_real = self.judge(name, fakes[name], reals[name])
             terms[f"adv/{name}/gen"] = generator_loss(d_fake)
@@ -194,7 +250,12 @@ class USEDDPModule(L.LightningModule):
         attached = self._trainer is not None
         if attached:  # every process takes the same decision (else DDP's gradient all-reduce hangs)
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if finite:
+        if finite and self.fast_step:
+            norm, part_norms = self._backward_and_clip(loss, module, name, attached)
+            finite = bool(torch.isfinite(norm))
+            if attached:
+                self.log_dict({f"train/grad_norm/{name}": norm, **{f"train/grad_norm/{name}/{part}": v for part, v in part_norms.items()}}, on_step=True)
+        elif finite:
             if attached:
                 self.manual_backward(loss)
             else:
@@ -225,6 +286,48 @@ class USEDDPModule(L.LightningModule):
             return False
         optimizer.step()
         return True
+
+    def _backward_and_clip(self, loss: Tensor, module: nn.Module, name: str, attached: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        """The fast path's backward, norms and clipping: the reference's numbers, with one
+        `_foreach_norm` over every gradient (get_total_norm per part adds a copy op per parameter)
+        and no multiply by a clip factor of 1.
+
+        Without a Trainer (which freezes the other player's parameters) the backward is limited
+        to `module`'s parameters: the reference also fills the other player's gradients, which
+        its own step clears before use."""
+        params, parts = self._grad_parts(module, name)
+        if attached:
+            self.manual_backward(loss)
+        else:
+            loss.backward(inputs=[p for p in params if p.requires_grad])
+        grads = {part: [p.grad for p in ps if p.grad is not None] for part, ps in parts.items()}
+        grads = {part: gs for part, gs in grads.items() if gs}
+        flat = [g for gs in grads.values() for g in gs]
+        if not flat:
+            return torch.zeros(()), {}
+        norms = torch._foreach_norm(flat)
+        part_norms, start = {}, 0
+        for part, gs in grads.items():
+            part_norms[part] = torch.linalg.vector_norm(torch.stack(norms[start:start + len(gs)]))
+            start += len(gs)
+        norm = torch.linalg.vector_norm(torch.stack(list(part_norms.values())))
+        # clip_grads_with_norm_'s factor, min(1, max / (norm + 1e-6)); a NaN norm is not clipped
+        # (the step is skipped), as the reference's finite check does first.
+        if bool(norm + 1e-6 > self.grad_clip_val):
+            torch._foreach_mul_(flat, (self.grad_clip_val / (norm + 1e-6)).clamp(max=1.0))
+        return norm, part_norms
+
+    def _grad_parts(self, module: nn.Module, name: str) -> tuple[list[nn.Parameter], dict[str, list[nn.Parameter]]]:
+        """module's parameters and their grouping into logged parts, built once (rebuilt if the
+        parameters were replaced)."""
+        first = next(module.parameters(), None)
+        cached = self._parts.get(name)
+        if cached is None or cached[0] is not first:
+            parts: dict[str, list[nn.Parameter]] = {}
+            for pname, p in module.named_parameters():
+                parts.setdefault(_grad_part(name, pname), []).append(p)
+            cached = self._parts[name] = (first, list(module.parameters()), parts)
+        return cached[1], cached[2]
 
     # -- validation -----------------------------------------------------------------------------
 
