@@ -202,7 +202,7 @@ def enhance(cfg: DictConfig) -> int:
         # Cheap checks first, so that a refused command loads no model.
         root, files = list_inputs(cfg.input)
         check_output(cfg.input, cfg.output, root, files, bool(cfg.noise))
-        model = load_enhancer(cfg.ckpt, cfg.device, _method_overrides(cfg), progress=True)
+        model = load_enhancer(cfg.ckpt, cfg.device, _method_overrides(cfg), progress=True, engine=str(cfg.get("engine", "auto")))
         report = enhance_paths(model.enhancer, cfg.input, cfg.output, noise=bool(cfg.noise), output_sr=str(cfg.output_sr),
                                chunk_seconds=float(cfg.chunk_seconds), overlap_seconds=float(cfg.overlap_seconds),
                                overwrite=bool(cfg.overwrite))

@@ -150,16 +150,54 @@ def _read(ckpt: str | Path) -> tuple[Path, dict, DictConfig]:
     return checkpoint, state, run_config(checkpoint, state)
 
 
-def load_generator(ckpt: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", engine: str = "reference") -> LoadedModel:
     """The USE-DDP generator of a checkpoint file or a run directory (its latest stage's
     last.ckpt), in eval mode on `device`. Rebuilt from the config the checkpoint stores (never from
-    pickled objects); its weights are loaded with torch.load(weights_only=True), strictly."""
+    pickled objects); its weights are loaded with torch.load(weights_only=True), strictly.
+    `engine` (ENGINES, or auto): how its codec runs; the default is the training graph."""
     device = check_device(device)
     checkpoint, state, config = _read(ckpt)
-    return _use_ddp(checkpoint, state, config, device)
+    return _use_ddp(checkpoint, state, config, device, engine)
 
 
-def _use_ddp(checkpoint: Path, state: dict, config: DictConfig, device: torch.device) -> LoadedModel:
+# How the USE-DDP generator's DAC codec runs at inference (models/components/dac_inference.py):
+# (encoder dtype, decoder dtype) of its inference graph, or None for the training modules as they
+# are. The branches and their quantizers always run in float32 as trained.
+ENGINES: dict[str, tuple[torch.dtype, torch.dtype] | None] = {
+    "reference": None,  # the training graph, unoptimised
+    "float32": (torch.float32, torch.float32),  # the same output to float rounding
+    "bf16-decoder": (torch.float32, torch.bfloat16),  # codes exact; the decoder's error is smooth
+    "bf16": (torch.bfloat16, torch.bfloat16),  # a code near a quantizer boundary may flip
+}
+
+
+def resolve_engine(engine: str, device: torch.device) -> str:
+    """`auto` -> bf16-decoder on a CPU with native bfloat16 matrix units (AMX: there it is 3-4x
+    faster than float32, scripts/benchmark_enhance.py), float32 on other CPUs; reference on CUDA
+    (the inference graph is not measured on GPUs yet). Other names are checked and returned."""
+    if engine == "auto":
+        if device.type != "cpu":
+            return "reference"
+        return "bf16-decoder" if torch.cpu._is_amx_tile_supported() else "float32"
+    if engine not in ENGINES:
+        raise InferenceError(f"engine={engine}: use auto or one of {sorted(ENGINES)}")
+    return engine
+
+
+def inference_generator(generator: Generator, engine: str) -> Generator:
+    """The generator with its DAC codec rebuilt as the inference graph `engine` names (the
+    branches are shared, not copied); unchanged for `reference` or a codec without such a graph."""
+    from usedddp.models.components.dac_codec import DACCodec
+    from usedddp.models.components.dac_inference import InferenceDAC
+
+    dtypes = ENGINES[engine]
+    if dtypes is None or not isinstance(generator.codec, DACCodec):
+        return generator
+    codec = InferenceDAC(generator.codec, *dtypes)
+    return Generator(codec, generator.branches["clean"], generator.branches["noise"]).eval()
+
+
+def _use_ddp(checkpoint: Path, state: dict, config: DictConfig, device: torch.device, engine: str = "auto") -> LoadedModel:
     generator = build_generator_from_config(model_config(config, checkpoint), checkpoint)
     weights = {k.removeprefix("generator."): v for k, v in state["state_dict"].items() if k.startswith("generator.")}
     try:
@@ -170,16 +208,28 @@ def _use_ddp(checkpoint: Path, state: dict, config: DictConfig, device: torch.de
     stage = (state.get("usedddp") or {}).get("stage")
     log.info("model: %s (stage %s, %d Hz, %.1f M generator parameters)", checkpoint, stage if stage is not None else "?",
              generator.sample_rate, sum(p.numel() for p in generator.parameters()) / 1e6)
+    engine = resolve_engine(engine, device)
+    generator = inference_generator(generator, engine)
+    log.info("engine: %s (%s)", engine, type(generator.codec).__name__)
     return LoadedModel(GeneratorEnhancer(generator), config, checkpoint, None if stage is None else int(stage),
                        _run_dir(checkpoint), "use_ddp", f"USE-DDP stage {stage}")
 
 
 def load_enhancer(ckpt: str | Path, device: str | torch.device = "cpu", method: dict | None = None,
-                  progress: bool = False) -> LoadedModel:
+                  progress: bool = False, engine: str = "auto") -> LoadedModel:
     """The enhancer of any run's checkpoint (or run directory): the method comes from the run's
     config (`method.name`; runs without one are USE-DDP). `method` holds overrides of the run's
-    method options (e.g. {"sampler": "fast"}); None values are ignored. A USE-DDP run has none."""
+    method options (e.g. {"sampler": "fast"}); None values are ignored. A USE-DDP run has none.
+    `engine`: how a USE-DDP run's DAC codec computes (ENGINES; auto: resolve_engine); the
+    learned-prior methods have one engine and take auto or reference."""
     device = check_device(device)
+    engine = str(engine)
+    if str(ckpt).endswith(".onnx"):
+        from usedddp.export import load_onnx
+
+        if method and any(v is not None for v in method.values()) or engine not in ("auto", "reference") or device.type != "cpu":
+            raise InferenceError(f"{ckpt}: an exported ONNX model runs as exported, on the CPU (no method.* options, engine or device)")
+        return load_onnx(Path(ckpt))
     checkpoint, state, config = _read(ckpt)
     name = str(OmegaConf.select(config, "method.name", default="use_ddp"))
     overrides = {k: v for k, v in (method or {}).items() if v is not None}
@@ -187,7 +237,9 @@ def load_enhancer(ckpt: str | Path, device: str | torch.device = "cpu", method: 
         if overrides:
             raise InferenceError(f"{checkpoint}: method.{sorted(overrides)[0]}=... is an option of the learned-prior "
                                  "methods (UDiffSE, RVAE-NMF); this is a USE-DDP run, which has none")
-        return _use_ddp(checkpoint, state, config, device)
+        return _use_ddp(checkpoint, state, config, device, engine)
+    if engine not in ("auto", "reference"):
+        raise InferenceError(f"{checkpoint}: engine={engine} applies to USE-DDP's DAC codec; this {name} run takes auto or reference")
     if name == "udiffse":
         from usedddp.methods.loading import load_udiffse
 
