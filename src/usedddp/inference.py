@@ -172,13 +172,13 @@ ENGINES: dict[str, tuple[torch.dtype, torch.dtype] | None] = {
 
 
 def resolve_engine(engine: str, device: torch.device) -> str:
-    """`auto` -> bf16-decoder on a CPU with native bfloat16 matrix units (AMX: there it is 3-4x
-    faster than float32, scripts/benchmark_enhance.py), float32 on other CPUs; reference on CUDA
-    (the inference graph is not measured on GPUs yet). Other names are checked and returned."""
+    """`auto` -> float32 on a CPU (the reference's output to float rounding, about twice as fast;
+    benchmarks/enhance_engines_cpu.json), reference on CUDA (the inference graph is not measured
+    on GPUs yet). The bfloat16 engines are faster again on CPUs with AMX but depart from the
+    reference by more than rounding (25-38 dB SI-SDR against it with random weights), so they
+    are asked for by name. Other names are checked and returned."""
     if engine == "auto":
-        if device.type != "cpu":
-            return "reference"
-        return "bf16-decoder" if torch.cpu._is_amx_tile_supported() else "float32"
+        return "float32" if device.type == "cpu" else "reference"
     if engine not in ENGINES:
         raise InferenceError(f"engine={engine}: use auto or one of {sorted(ENGINES)}")
     return engine

@@ -16,7 +16,7 @@ computes, not what:
 - optionally bfloat16 weights and activations (`dtype`), with float32 at the boundaries.
 
 In float32 the outputs equal the training modules' to float rounding (tests/test_fast_inference.py);
-bfloat16 is an approximation, measured in scripts/benchmark_enhance.py against the float32 path.
+bfloat16 is an approximation, measured against the training graph in scripts/benchmark_engines.py.
 """
 
 from __future__ import annotations
