@@ -143,8 +143,11 @@ def test_engines_by_name(run_dir, noisy):
     # A bfloat16 encoder moves latents across quantizer boundaries: codes flip, the output
     # departs from the reference by far more than rounding (14 dB here). Why it is not a default.
     assert agreement["bf16"] < agreement["bf16-decoder"]
-    auto = load_enhancer(run_dir).generator  # the default: an inference graph on any CPU
+    exact = load_enhancer(run_dir, engine="exact").generator
+    assert isinstance(exact.codec, InferenceDAC) and exact.codec.decoder_dtype == torch.float32
+    auto = load_enhancer(run_dir).generator  # enhance's default: an inference graph on any CPU
     assert isinstance(auto.codec, InferenceDAC)
+    assert auto.codec.decoder_dtype == (torch.bfloat16 if torch.cpu._is_amx_tile_supported() else torch.float32)
     with pytest.raises(InferenceError, match="engine=fastest"):
         load_enhancer(run_dir, engine="fastest")
 

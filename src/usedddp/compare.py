@@ -321,7 +321,7 @@ def plan_systems(cfg: DictConfig, entries: list[RunEntry], noisy: Path, clean: P
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise CompareError(f"baselines={baselines}: {unknown[0]!r} is not one (use any of {list(BASELINES)}, or [])")
-    chunking = {"chunk_seconds": float(cfg.chunk_seconds), "overlap_seconds": float(cfg.overlap_seconds), "engine": str(cfg.get("engine", "auto"))}
+    chunking = {"chunk_seconds": float(cfg.chunk_seconds), "overlap_seconds": float(cfg.overlap_seconds), "engine": str(cfg.get("engine", "exact"))}
     all_outputs = [p.relative_to(noisy) for _, p in sorted(noisy_files.items())]
     systems = []
     for name in baselines:
@@ -444,7 +444,7 @@ def produce(system: System, cfg: DictConfig, noisy: Path, pairs: dict[str, tuple
         if system.kind == "method":
             from usedddp.inference import load_enhancer
 
-            model = load_enhancer(system.run.checkpoint, cfg.device, system.variant, engine=str(cfg.get("engine", "auto")))
+            model = load_enhancer(system.run.checkpoint, cfg.device, system.variant, engine=str(cfg.get("engine", "exact")))
             system.model_label = model.label
         else:
             system.model_label = _label(system, "")
@@ -788,7 +788,7 @@ def write_report(output: Path, cfg: DictConfig, result: Evaluation, systems: lis
         "settings": {"variants": OmegaConf.to_container(cfg.variants, resolve=True) if cfg.get("variants") else None,
                      "baselines": [str(b) for b in cfg.baselines or []], "device": str(cfg.device),
                      "chunk_seconds": float(cfg.chunk_seconds), "overlap_seconds": float(cfg.overlap_seconds),
-                     "engine": str(cfg.get("engine", "auto")), "dnsmos": bool(cfg.dnsmos)},
+                     "engine": str(cfg.get("engine", "exact")), "dnsmos": bool(cfg.dnsmos)},
     })
     summary: Summary = {"provenance": provenance, "results": summarise(result)}
     output.mkdir(parents=True, exist_ok=True)

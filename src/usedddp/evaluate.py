@@ -448,7 +448,7 @@ def _evaluate_checkpoint(cfg: DictConfig, output: Path, jobs: int):
 
     overrides = _method_overrides(cfg)
     try:
-        model = load_enhancer(cfg.ckpt, cfg.device, overrides, engine=str(cfg.get("engine", "auto")))
+        model = load_enhancer(cfg.ckpt, cfg.device, overrides, engine=str(cfg.get("engine", "exact")))
     except InferenceError as error:
         raise EvaluateError(str(error)) from None
     run_cfg = model.config  # stored in the checkpoint: a checkpoint copied out of its run still names its test set
@@ -461,7 +461,7 @@ def _evaluate_checkpoint(cfg: DictConfig, output: Path, jobs: int):
     for variant in variants:
         try:
             if variant != overrides:
-                model = load_enhancer(cfg.ckpt, cfg.device, variant, engine=str(cfg.get("engine", "auto")))
+                model = load_enhancer(cfg.ckpt, cfg.device, variant, engine=str(cfg.get("engine", "exact")))
             label = str(cfg.label) if cfg.label and len(variants) == 1 else model.label
             enhanced = output / "enhanced" / (_slug(label) if len(variants) > 1 else "")
             log.info("test set: noisy %s, reference %s (domain %s); %s -> %s", noisy, clean, domain, label, enhanced)

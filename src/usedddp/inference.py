@@ -160,27 +160,30 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", engine:
     return _use_ddp(checkpoint, state, config, device, engine)
 
 
-# How the USE-DDP generator's DAC codec runs at inference (models/components/dac_inference.py):
-# (encoder dtype, decoder dtype) of its inference graph, or None for the training modules as they
-# are. The branches and their quantizers always run in float32 as trained.
-ENGINES: dict[str, tuple[torch.dtype, torch.dtype] | None] = {
+# How the USE-DDP generator's DAC codec runs at inference: the options of its inference graph
+# (models/components/dac_inference.InferenceDAC), or None for the training modules as they are. The branches and their quantizers always run in float32 as trained.
+ENGINES: dict[str, dict | None] = {
     "reference": None,  # the training graph, unoptimised
-    "float32": (torch.float32, torch.float32),  # the same output to float rounding
-    "bf16-decoder": (torch.float32, torch.bfloat16),  # codes exact; the decoder's error is smooth
-    "bf16": (torch.bfloat16, torch.bfloat16),  # a code near a quantizer boundary may flip
+    "float32": {},  # the same output to float rounding
+    "bf16-decoder": {"decoder_dtype": torch.bfloat16},  # codes exact (float32 encoder); the decoder's error is smooth
+    "bf16": {"encoder_dtype": torch.bfloat16, "decoder_dtype": torch.bfloat16},  # a code near a quantizer boundary may flip
 }
 
 
 def resolve_engine(engine: str, device: torch.device) -> str:
-    """`auto` -> float32 on a CPU (the reference's output to float rounding, about twice as fast;
-    benchmarks/enhance_engines_cpu.json), reference on CUDA (the inference graph is not measured
-    on GPUs yet). The bfloat16 engines are faster again on CPUs with AMX but depart from the
-    reference by more than rounding (25-38 dB SI-SDR against it with random weights), so they
-    are asked for by name. Other names are checked and returned."""
-    if engine == "auto":
-        return "float32" if device.type == "cpu" else "reference"
+    """The engine a name stands for on `device`:
+    - exact: float32 on a CPU (the reference's output to float rounding, about twice as fast);
+      reference on CUDA (the inference graph is not measured on GPUs yet);
+    - auto: bf16-decoder on a CPU with AMX (about 3x faster than exact there, and 37-38 dB SI-SDR
+      against the reference with dac16k's random weights: benchmarks/enhance_engines_cpu.json),
+      otherwise as exact.
+    Other names are checked and returned."""
+    if engine in ("auto", "exact"):
+        if device.type != "cpu":
+            return "reference"
+        return "bf16-decoder" if engine == "auto" and torch.cpu._is_amx_tile_supported() else "float32"
     if engine not in ENGINES:
-        raise InferenceError(f"engine={engine}: use auto or one of {sorted(ENGINES)}")
+        raise InferenceError(f"engine={engine}: use auto, exact or one of {sorted(ENGINES)}")
     return engine
 
 
@@ -190,10 +193,10 @@ def inference_generator(generator: Generator, engine: str) -> Generator:
     from usedddp.models.components.dac_codec import DACCodec
     from usedddp.models.components.dac_inference import InferenceDAC
 
-    dtypes = ENGINES[engine]
-    if dtypes is None or not isinstance(generator.codec, DACCodec):
+    options = ENGINES[engine]
+    if options is None or not isinstance(generator.codec, DACCodec):
         return generator
-    codec = InferenceDAC(generator.codec, *dtypes)
+    codec = InferenceDAC(generator.codec, **options)
     return Generator(codec, generator.branches["clean"], generator.branches["noise"]).eval()
 
 
@@ -220,14 +223,14 @@ def load_enhancer(ckpt: str | Path, device: str | torch.device = "cpu", method: 
     """The enhancer of any run's checkpoint (or run directory): the method comes from the run's
     config (`method.name`; runs without one are USE-DDP). `method` holds overrides of the run's
     method options (e.g. {"sampler": "fast"}); None values are ignored. A USE-DDP run has none.
-    `engine`: how a USE-DDP run's DAC codec computes (ENGINES; auto: resolve_engine); the
-    learned-prior methods have one engine and take auto or reference."""
+    `engine`: how a USE-DDP run's DAC codec computes (ENGINES, or auto / exact: resolve_engine);
+    the learned-prior methods have one engine and take auto, exact or reference."""
     device = check_device(device)
     engine = str(engine)
     if str(ckpt).endswith(".onnx"):
         from usedddp.export import load_onnx
 
-        if method and any(v is not None for v in method.values()) or engine not in ("auto", "reference") or device.type != "cpu":
+        if method and any(v is not None for v in method.values()) or engine not in ("auto", "exact", "reference") or device.type != "cpu":
             raise InferenceError(f"{ckpt}: an exported ONNX model runs as exported, on the CPU (no method.* options, engine or device)")
         return load_onnx(Path(ckpt))
     checkpoint, state, config = _read(ckpt)
@@ -238,8 +241,8 @@ def load_enhancer(ckpt: str | Path, device: str | torch.device = "cpu", method: 
             raise InferenceError(f"{checkpoint}: method.{sorted(overrides)[0]}=... is an option of the learned-prior "
                                  "methods (UDiffSE, RVAE-NMF); this is a USE-DDP run, which has none")
         return _use_ddp(checkpoint, state, config, device, engine)
-    if engine not in ("auto", "reference"):
-        raise InferenceError(f"{checkpoint}: engine={engine} applies to USE-DDP's DAC codec; this {name} run takes auto or reference")
+    if engine not in ("auto", "exact", "reference"):
+        raise InferenceError(f"{checkpoint}: engine={engine} applies to USE-DDP's DAC codec; this {name} run takes auto, exact or reference")
     if name == "udiffse":
         from usedddp.methods.loading import load_udiffse
 
