@@ -35,11 +35,12 @@ class Generator(nn.Module):
     def sample_rate(self) -> int:
         return self.codec.sample_rate
 
-    def forward(self, wav: Tensor, streams: tuple[str, ...] = STREAMS) -> GeneratorOutput:
-        """wav (B, 1, T) -> GeneratorOutput; `streams=("clean",)` skips the noise branch (stage 1)."""
+    def forward(self, wav: Tensor, streams: tuple[str, ...] = STREAMS, per_item_losses: bool = False) -> GeneratorOutput:
+        """wav (B, 1, T) -> GeneratorOutput; `streams=("clean",)` skips the noise branch (stage 1);
+        `per_item_losses`: the branches' VQ losses (B,) per item (see GeneratorOutput.split)."""
         length = wav.shape[-1]
         z = self.codec.encode(wav)
-        branches = {name: self.branches[name](z) for name in streams}
+        branches = {name: self.branches[name](z, per_item_losses=per_item_losses) for name in streams}
         # One decoder pass over both streams stacked on the batch axis: the decoder is shared.
         # The input rides along, stacked the same way, for codecs whose synthesis filters it
         # (STFTCodec masks its spectrum); DACCodec ignores it.
@@ -51,6 +52,20 @@ class Generator(nn.Module):
             out.alpha, out.beta = least_squares_scales(wav, out.clean, out.noise)
             out.reconstruction = out.alpha * out.clean + out.beta * out.noise
         return out
+
+
+def split_output(out: GeneratorOutput, sizes: list[int]) -> list[GeneratorOutput]:
+    """A GeneratorOutput over signals stacked on the batch axis (run with per_item_losses) ->
+    one per stacked part, each with its own mean VQ losses, as if run alone."""
+    def parts(x):
+        return [None] * len(sizes) if x is None else x.split(sizes)
+
+    branches = {name: [BranchOutput(z_q, codes, commitment.mean(), codebook.mean()) for z_q, codes, commitment, codebook
+                       in zip(parts(b.z_q), parts(b.codes), parts(b.commitment), parts(b.codebook))]
+                for name, b in out.branches.items()}
+    fields = zip(parts(out.clean), parts(out.noise), parts(out.alpha), parts(out.beta), parts(out.reconstruction))
+    return [GeneratorOutput(clean=c, noise=n, alpha=a, beta=b, reconstruction=r, branches={k: v[i] for k, v in branches.items()})
+            for i, (c, n, a, b, r) in enumerate(fields)]
 
 
 def build_generator(codec: Codec, branch: Callable[[int], nn.Module]) -> Generator:

@@ -18,8 +18,8 @@ from usedddp.models.components.quantizer import ResidualQuantizer
 class BranchOutput:
     z_q: Tensor  # (B, D, N) quantized latent for the shared decoder
     codes: Tensor  # (B, Q, N)
-    commitment: Tensor  # ()
-    codebook: Tensor  # ()
+    commitment: Tensor  # (), or (B,) per item
+    codebook: Tensor  # (), or (B,) per item
 
 
 class RotarySelfAttention(nn.Module):
@@ -81,10 +81,10 @@ class RoFormerBranch(nn.Module):
         nn.init.zeros_(self.proj_out.bias)
         self.quantizer = ResidualQuantizer(latent_dim, n_codebooks, codebook_size, codebook_dim, quantizer_dropout)
 
-    def forward(self, z: Tensor) -> BranchOutput:
+    def forward(self, z: Tensor, per_item_losses: bool = False) -> BranchOutput:
         h = self.proj_in(rearrange(z, "b d n -> b n d"))
         for block in self.blocks:
             h = block(h)
         z = z + rearrange(self.proj_out(self.norm(h)), "b n d -> b d n")
-        z_q, codes, commitment, codebook = self.quantizer(z)
+        z_q, codes, commitment, codebook = self.quantizer(z, per_item=per_item_losses)
         return BranchOutput(z_q=z_q, codes=codes, commitment=commitment, codebook=codebook)

@@ -30,15 +30,34 @@ class ResidualQuantizer(nn.Module):
     def codebook_size(self) -> int:
         return int(self.rvq.codebook_size) if self.rvq is not None else 0
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z (B, D, N) -> (z_q (B, D, N), codes (B, Q, N), commitment loss, codebook loss)."""
+    def forward(self, z: torch.Tensor, per_item: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z (B, D, N) -> (z_q (B, D, N), codes (B, Q, N), commitment loss, codebook loss); the
+        losses are () batch means, or (B,) per item with `per_item` (whose mean over any subset
+        of the batch is that subset's own loss: batches can be stacked and split)."""
         if self.rvq is None:
-            zero = z.new_zeros(())
+            zero = z.new_zeros((z.shape[0],) if per_item else ())
             return z, z.new_zeros((z.shape[0], 0, z.shape[-1]), dtype=torch.long), zero, zero
         # The codebook lookups are distance computations that bf16 makes ambiguous.
         with torch.autocast(z.device.type, enabled=False):
+            if per_item:
+                return self._per_item(z.float())
             z_q, codes, _, commitment, codebook = self.rvq(z.float())
         return z_q, codes, commitment, codebook
+
+    def _per_item(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """DAC's ResidualVectorQuantize.forward without quantizer dropout, keeping each item's
+        loss: dropout draws per batch position, so a stacked batch would drop other items."""
+        rvq = self.rvq
+        if rvq.training and rvq.quantizer_dropout > 0:
+            raise ValueError("per-item RVQ losses need quantizer_dropout=0 in training")
+        z_q, residual, commitment, codebook, codes = 0, z, 0, 0, []
+        for quantizer in rvq.quantizers:
+            z_q_i, commitment_i, codebook_i, indices_i, _ = quantizer(residual)
+            z_q = z_q + z_q_i
+            residual = residual - z_q_i
+            commitment, codebook = commitment + commitment_i, codebook + codebook_i
+            codes.append(indices_i)
+        return z_q, torch.stack(codes, dim=1), commitment, codebook
 
     def load_release(self, state: dict[str, torch.Tensor]) -> int:
         """Copy the first codebooks of a DAC release quantizer (keys without the `quantizer.`
