@@ -180,3 +180,32 @@ def test_fast_step_issues_fewer_operators(make_module):
     (ref_all, ref_top), (fast_all, fast_top) = count_ops(ref, batch), count_ops(fast, batch)
     assert fast_top * 2 < ref_top, (fast_top, ref_top)
     assert fast_all * 2 < ref_all, (fast_all, ref_all)
+
+
+def test_stacked_generator_pass_splits_into_the_separate_passes(make_module):
+    """One generator pass over [noisy; prior mixture] (per-item VQ losses, split) equals the
+    two passes of the reference path, VQ losses included."""
+    module = make_module(seed=2)
+    a, b = unpaired(seed=4).noisy, unpaired(seed=5).noisy
+    from usedddp.models.generator import split_output
+
+    with torch.no_grad():
+        both = split_output(module.generator(torch.cat([a, b]), per_item_losses=True), [2, 2])
+        for got, wav in zip(both, (a, b)):
+            want = module.generator(wav)
+            for field in ("clean", "noise", "alpha", "beta", "reconstruction"):
+                torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=1e-4, atol=1e-6)
+            for name, branch in want.branches.items():
+                assert torch.equal(got.branches[name].codes, branch.codes)
+                torch.testing.assert_close(got.branches[name].commitment, branch.commitment, rtol=1e-5, atol=1e-7)
+                torch.testing.assert_close(got.branches[name].codebook, branch.codebook, rtol=1e-5, atol=1e-7)
+
+
+def test_stacked_reconstruction_equals_each_pair(make_module):
+    module = make_module()
+    g = torch.Generator().manual_seed(6)
+    est, ref = 0.1 * torch.randn(3, 2, 1, T, generator=g), 0.1 * torch.randn(3, 2, 1, T, generator=g)
+    stacked = module.reconstruction(est, ref)
+    for i in range(3):
+        for name, value in module.reconstruction(est[i], ref[i]).items():
+            torch.testing.assert_close(stacked[name][i], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -25,6 +25,11 @@ def thresholded_si_sdr_loss(estimate: Tensor, reference: Tensor, max_db: float) 
     -10 log10 |e|^2 grows as 1/|e|^2: on a mixture already rebuilt to 50-77 dB it outweighs every
     other term, and in stage 3 it drove the split (README, stage-3 experiments).
     """
+    return thresholded_si_sdr_items(estimate, reference, max_db).mean()
+
+
+def thresholded_si_sdr_items(estimate: Tensor, reference: Tensor, max_db: float) -> Tensor:
+    """thresholded_si_sdr_loss of each item, (B,)."""
     est = estimate.float().flatten(1)
     ref = reference.float().flatten(1)
     est, ref = est - est.mean(-1, keepdim=True), ref - ref.mean(-1, keepdim=True)
@@ -32,7 +37,7 @@ def thresholded_si_sdr_loss(estimate: Tensor, reference: Tensor, max_db: float) 
     target = scale * ref
     signal, error = target.pow(2).sum(-1), (est - target).pow(2).sum(-1)
     tau = 10 ** (-max_db / 10)
-    return -(10 * torch.log10((signal + 1e-8) / (error + tau * signal + 1e-8))).mean()
+    return -(10 * torch.log10((signal + 1e-8) / (error + tau * signal + 1e-8)))
 
 
 class ReconstructionLoss(nn.Module):
@@ -65,6 +70,8 @@ class ReconstructionLoss(nn.Module):
         self.sisdr = SISDRLoss(scaling=True, zero_mean=True, clip_min=None)
 
     def forward(self, estimate: Tensor, target: Tensor) -> dict[str, Tensor]:
+        if estimate.ndim == 4:
+            return self.stacked(estimate, target)
         with torch.autocast(estimate.device.type, enabled=False), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # audiotools: "stft_data changed shape"
             est = AudioSignal(estimate.float(), self.sample_rate)
@@ -74,6 +81,40 @@ class ReconstructionLoss(nn.Module):
             else:
                 sisdr = thresholded_si_sdr_loss(estimate, target, self.sisdr_max_db)
             return {"mel": self.mel(est, ref), "stft": self.stft(est, ref), "sisdr": sisdr}
+
+
+    def stacked(self, estimate: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """estimate, target (G, B, 1, T): G pairs at once -> each term (G,), equal to G calls.
+
+        One STFT per window length over every estimate and target; DAC's losses (means over a
+        pair's elements) are taken per pair. SI-SDR must be the thresholded one (DAC's averages
+        over the batch inside)."""
+        l1_means = all(isinstance(x.loss_fn, nn.L1Loss) and x.loss_fn.reduction == "mean" for x in (self.mel, self.stft))
+        if self.sisdr_max_db is None or not l1_means:
+            return {k: torch.stack(v) for k, v in zip(("mel", "stft", "sisdr"), zip(*(self(e, t).values() for e, t in zip(estimate, target))))}
+        g = estimate.shape[0]
+        with torch.autocast(estimate.device.type, enabled=False), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # audiotools: "stft_data changed shape"
+            signal = AudioSignal(torch.cat([estimate, target]).float().flatten(0, 1), self.sample_rate)
+
+            def l1(x: Tensor) -> Tensor:  # (2G*B, ...) -> the L1 mean of each pair, (G,)
+                x = x.reshape(2, g, -1)
+                return (x[0] - x[1]).abs().mean(dim=1)
+
+            mel, stft = 0.0, 0.0
+            m = self.mel
+            for n_mels, fmin, fmax, s in zip(m.n_mels, m.mel_fmin, m.mel_fmax, m.stft_params):
+                mels = signal.mel_spectrogram(n_mels, mel_fmin=fmin, mel_fmax=fmax, window_length=s.window_length,
+                                              hop_length=s.hop_length, window_type=s.window_type)
+                mel = mel + m.log_weight * l1(mels.clamp(m.clamp_eps).pow(m.pow).log10())
+                mel = mel + m.mag_weight * l1(mels)
+            st = self.stft
+            for s in st.stft_params:
+                signal.stft(s.window_length, s.hop_length, s.window_type)
+                stft = stft + st.log_weight * l1(signal.magnitude.clamp(st.clamp_eps).pow(st.pow).log10())
+                stft = stft + st.mag_weight * l1(signal.magnitude)
+            sisdr = thresholded_si_sdr_items(estimate.flatten(0, 1), target.flatten(0, 1), self.sisdr_max_db).reshape(g, -1).mean(dim=1)
+        return {"mel": mel, "stft": stft, "sisdr": sisdr}
 
 
 def scale_anchor_loss(alpha: Tensor, beta: Tensor) -> Tensor:

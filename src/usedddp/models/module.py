@@ -28,7 +28,7 @@ from usedddp.losses.adversarial import (
 from usedddp.losses.reconstruction import ReconstructionLoss, scale_anchor_loss
 from usedddp.metrics import band_level_db, band_si_sdr, dnsmos, estoi, pesq_wb, si_sdr
 from usedddp.models.components.discriminator import JointEnsembles
-from usedddp.models.generator import GeneratorOutput, build_generator
+from usedddp.models.generator import GeneratorOutput, build_generator, split_output
 from usedddp.outputs import DiscriminatorOutput, StackedDiscriminatorOutput
 from usedddp.stages import ENSEMBLES, TrainingStage, training_stage as stage_spec
 
@@ -135,7 +135,7 @@ class USEDDPModule(L.LightningModule):
         process, nothing logged), so that the benchmarks time this step and not a copy of it.
         Returns the detached logged values."""
         spec = self.training_stage
-        out = self.generator(batch.noisy, streams=spec.streams)
+        out, simulated = self.generate(batch)
         fakes = self.fakes(out)
         reals = {"clean": batch.clean_prior, "noise": batch.noise_prior, "noisy": batch.noisy}
 
@@ -147,7 +147,7 @@ class USEDDPModule(L.LightningModule):
         self._toggle(opt_d, False)
 
         self._toggle(opt_g, True)
-        g_terms = self.generator_terms(batch, out, reals, fakes)
+        g_terms = self.generator_terms(batch, out, reals, fakes, simulated=simulated)
         g_total = sum(self.loss_weights[k] * v for k, v in g_terms.items())
         self._optimizer_step(opt_g, g_total, self.generator, "g")
         self._toggle(opt_g, False)
@@ -167,6 +167,20 @@ class USEDDPModule(L.LightningModule):
             self.log_dict(logged, on_step=True, batch_size=batch.noisy.shape[0])
             self.log_dict({"g": g_total.detach(), "d": logged["train/d/total"]}, prog_bar=True, logger=False, batch_size=batch.noisy.shape[0])
         return logged
+
+    def generate(self, batch) -> tuple[GeneratorOutput, GeneratorOutput | None]:
+        """The generator on the noisy input and, on the fast path where stage 3's prior-mixture
+        term needs it, on the prior draws' own mixture, as one pass over both stacked on the batch
+        axis (the generator is per item; each part keeps its own VQ losses). None for the second
+        when it is not computed here (generator_terms then runs it)."""
+        spec = self.training_stage
+        mixture = spec.number == 3 and self.stage3_prior_mixture > 0
+        dropout = any(b.quantizer.rvq is not None and b.quantizer.rvq.quantizer_dropout > 0 for b in self.generator.branches.values())
+        if not (self.fast_step and mixture and not dropout and batch.noisy.shape == batch.clean_prior.shape == batch.noise_prior.shape):
+            return self.generator(batch.noisy, streams=spec.streams), None
+        both = self.generator(torch.cat([batch.noisy, batch.clean_prior + batch.noise_prior]), streams=spec.streams, per_item_losses=True)
+        out, simulated = split_output(both, [batch.noisy.shape[0]] * 2)
+        return out, simulated
 
     def _toggle(self, optimizer, on: bool) -> None:
         # Lightning's toggling (requires_grad off for the other player's parameters) needs its Trainer.
@@ -208,21 +222,23 @@ class USEDDPModule(L.LightningModule):
         stacked = torch.stack([torch.cat([ws[e] for ws in wavs]) for e in range(len(names))], dim=1)
         return joint(rearrange(stacked, "n e 1 t -> n e t")).chunk(len(wavs))
 
-    def generator_terms(self, batch, out: GeneratorOutput, reals: dict[str, Tensor], fakes: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Unweighted generator loss terms, keyed as in `loss_weights` (and the logs)."""
+    def generator_terms(self, batch, out: GeneratorOutput, reals: dict[str, Tensor], fakes: dict[str, Tensor],
+                        simulated: GeneratorOutput | None = None) -> dict[str, Tensor]:
+        """Unweighted generator loss terms, keyed as in `loss_weights` (and the logs); `simulated`:
+        the generator's output on the prior draws' mixture, if `generate` computed it."""
         spec, terms = self.training_stage, {}
-        for stream in spec.targets:
-            for name, value in self.reconstruction(fakes[stream], getattr(batch, stream)).items():
-                terms[f"g/{stream}/{name}"] = value
+        pairs = [(f"g/{stream}", fakes[stream], getattr(batch, stream)) for stream in spec.targets]
         if spec.number == 3 and self.stage3_prior_mixture > 0:
             sources = {"clean": batch.clean_prior, "noise": batch.noise_prior}
-            simulated = self.generator(sources["clean"] + sources["noise"], streams=spec.streams)
-            for stream, target in sources.items():
-                for name, value in self.reconstruction(getattr(simulated, stream), target).items():
-                    terms[f"g/prior_mix/{stream}/{name}"] = value
+            if simulated is None:
+                simulated = self.generator(sources["clean"] + sources["noise"], streams=spec.streams)
+            pairs += [(f"g/prior_mix/{stream}", getattr(simulated, stream), target) for stream, target in sources.items()]
         if spec.mixture:
-            for name, value in self.reconstruction(out.reconstruction, batch.noisy).items():
-                terms[f"g/mix/{name}"] = value
+            pairs.append(("g/mix", out.reconstruction, batch.noisy))
+        for (prefix, _, _), values in zip(pairs, self.reconstruction_terms([(e, t) for _, e, t in pairs])):
+            for name, value in values.items():
+                terms[f"{prefix}/{name}"] = value
+        if spec.mixture:
             terms["g/scale"] = scale_anchor_loss(out.alpha, out.beta)
         for stream, branch in out.branches.items():
             terms[f"vq/{stream}/commitment"] = branch.commitment
@@ -241,6 +257,16 @@ class USEDDPModule(L.LightningModule):
             # reconstruction; the simulated sources in stages 1-2).
             terms[f"adv/{name}/feat"] = feature_matching_loss(d_real, d_fake, paired=name == "noisy" or name in spec.targets)
         return terms
+
+    def reconstruction_terms(self, pairs: list[tuple[Tensor, Tensor]]) -> list[dict[str, Tensor]]:
+        """self.reconstruction of each (estimate, target) pair; on the fast path one call over
+        the pairs stacked (ReconstructionLoss.stacked) where their shapes agree."""
+        if not (self.fast_step and len(pairs) > 1 and len({t.shape for pair in pairs for t in pair}) == 1):
+            return [self.reconstruction(e, t) for e, t in pairs]
+        values = self.reconstruction(torch.stack([e for e, _ in pairs]), torch.stack([t for _, t in pairs]))
+        # One value for the whole stack (a replaced loss) applies to each pair.
+        values = {k: (v if v.ndim else v.expand(len(pairs))).unbind() for k, v in values.items()}
+        return [{k: v[i] for k, v in values.items()} for i in range(len(pairs))]
 
     def _optimizer_step(self, optimizer, loss: Tensor, module: nn.Module, name: str) -> bool:
         """Backward and step, unless the loss or the gradient is NaN/Inf: then the step is
