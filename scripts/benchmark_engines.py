@@ -10,9 +10,11 @@ levelled as enhance levels it), the clean-only path of the enhance command
 (`enhance_waveform(..., noise=False)`, its default 10-s chunks and 1-s overlap) runs with:
 
 - reference: the training graph as trained (today's path before the engines; the baseline);
-- float32, bf16-decoder (the default on CPUs with AMX), bf16: the codec's inference graph;
+- float32 (`engine=exact` on a CPU), bf16-decoder (`engine=auto` on a CPU with AMX), bf16: the
+  codec's inference graph;
 - onnx: the file `usedddp.export` writes, in ONNX Runtime (float32);
-- the default engine with shorter chunks (2 s, 4 s), to choose the chunk size by measurement.
+- the default engine with shorter chunks (2 s, 4 s): the chunk size by measurement (a shorter
+  chunk also changes the output: the branches' attention sees less context).
 
 Reported per path: wall seconds (median of --repeats after one warm-up), the real-time factor
 (wall / audio seconds), the speed-up over the reference, and the agreement of its output with
@@ -95,9 +97,9 @@ def bench_model(model: str, lengths: list[float], repeats: int, chunks: list[flo
             ref_out = out if name == "reference" else ref_out
             row = {"model": model, "seconds": seconds, "path": name, "chunk_seconds": chunk, "overlap_seconds": overlap,
                    "wall_s": round(median, 3), "all_s": [round(t, 3) for t in times], "rtf": round(median / seconds, 4)}
-            row.update(agreement(out, ref_out))
+            row.update(agreement(out, ref_out) if name != "reference" else {"si_sdr_db_vs_reference": None, "max_abs_diff_vs_reference": 0.0})
             rows.append(row)
-            log(f"  {model} {seconds:g} s  {name:<34} RTF {row['rtf']:.3f}  SI-SDR vs reference {row['si_sdr_db_vs_reference']}")
+            log(f"  {model} {seconds:g} s  {name:<34} RTF {row['rtf']:.3f}  SI-SDR vs reference {row['si_sdr_db_vs_reference']} dB")
         base = next(r["wall_s"] for r in rows if r["seconds"] == seconds and r["model"] == model and r["path"] == "reference")
         for r in rows:
             if r["seconds"] == seconds and r["model"] == model:
