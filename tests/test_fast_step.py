@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from usedddp.data.batches import UnpairedBatch
+from usedddp.data.batches import SimulatedBatch, UnpairedBatch
 from usedddp.losses.adversarial import (
     discriminator_loss,
     feature_matching_loss,
@@ -27,11 +27,17 @@ def unpaired(batch=2, seed=0):
     return UnpairedBatch(*(0.1 * torch.randn(batch, 1, T, generator=g) for _ in range(3)))
 
 
-def pair(make_module):
-    """Reference and fast modules with the same weights, in stage 3 (every branch and ensemble)."""
+def simulated(batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    clean, noise = (0.1 * torch.randn(batch, 1, T, generator=g) for _ in range(2))
+    return SimulatedBatch(noisy=clean + noise, clean=clean, noise=noise)
+
+
+def pair(make_module, stage=3):
+    """Reference and fast modules with the same weights (stage 3: every branch and ensemble)."""
     ref, fast = make_module(seed=1, fast_step=False), make_module(seed=1, fast_step=True)
     for m in (ref, fast):
-        m.training_stage = 3
+        m.training_stage = stage
     return ref, fast
 
 
@@ -47,13 +53,21 @@ def randomized(ensembles, seed=0):
     return ensembles
 
 
-def test_steps_match_the_reference(make_module):
-    """Three consecutive G+D steps (so the fused optimizer's numbers count): every logged value
-    and every weight as the reference path's."""
-    ref, fast = pair(make_module)
-    batch = unpaired()
+@pytest.mark.parametrize("stage, steps", [(1, 3), (2, 1), (3, 3)])
+def test_steps_match_the_reference(make_module, stage, steps):
+    """Consecutive G+D steps (so the fused optimizer's numbers count): every logged value and
+    every weight as the reference path's. Stage 1: one ensemble, supervised; stage 2: paired
+    feature matching everywhere; stage 3: unpaired, the stacked generator pass.
+
+    Stage 2 from these random weights is compared on its first step only: its streams start
+    nearly collinear, where the least-squares mixture scales (and g/scale, log|alpha|^2) turn
+    rounding-level gradient differences into 2e-4 of alpha after one Adam step, whose first
+    update is lr * sign(gradient) (scripts/benchmark_train_ops.py's control shows the same
+    growth for the reference against itself)."""
+    ref, fast = pair(make_module, stage)
+    batch = unpaired() if stage == 3 else simulated()
     opts = {id(m): m.configure_optimizers()[0] for m in (ref, fast)}
-    for step in range(3):
+    for step in range(steps):
         logs = []
         for m in (ref, fast):
             torch.manual_seed(100 + step)
@@ -61,19 +75,38 @@ def test_steps_match_the_reference(make_module):
         assert logs[0].keys() == logs[1].keys()
         for key in logs[0]:
             torch.testing.assert_close(logs[1][key], logs[0][key], rtol=1e-5, atol=1e-5, msg=f"step {step}: {key}")
-    # Adam divides by sqrt(v): where a gradient is near 0, rounding moves a weight by up to a
-    # fraction of lr (1e-3 here); a mixed-up parameter would move by whole steps.
+    # Adam's first update is lr * sign(gradient): an entry whose gradient is ~0 can flip sign on
+    # rounding and move by 2 lr (a handful of the model's entries); a mixed-up parameter would
+    # move whole tensors.
+    off = sum(int(((b - a).abs() > 1e-4).sum()) for a, b in zip(ref.state_dict().values(), fast.state_dict().values()))
+    total = sum(a.numel() for a in ref.state_dict().values())
+    assert off <= 1e-5 * total, (off, total)
+    lr = opts[id(ref)][0].param_groups[0]["lr"]
     for (name, a), b in zip(ref.state_dict().items(), fast.state_dict().values()):
-        torch.testing.assert_close(b, a, rtol=0, atol=1e-4, msg=name)
+        torch.testing.assert_close(b, a, rtol=0, atol=2 * lr * steps + 1e-4, msg=lambda m: f"{name}: {m}")
 
 
-def test_gradients_match_the_reference(make_module):
+def test_unstackable_signals_take_the_reference_path(make_module):
+    """Signals of different lengths cannot share a grouped pass: the fast module judges them one
+    ensemble at a time, with the reference's numbers."""
     ref, fast = pair(make_module)
-    batch = unpaired(seed=3)
+    reals = {"clean": 0.1 * torch.randn(2, 1, T), "noise": 0.1 * torch.randn(2, 1, T + 160), "noisy": 0.1 * torch.randn(2, 1, T)}
+    fakes = {k: 0.1 * torch.randn(v.shape) for k, v in reals.items()}
+    assert fast.judge_jointly(("clean", "noise", "noisy"), list(reals.values()), list(fakes.values())) is None
+    want, got = ref.discriminator_terms(reals, fakes), fast.discriminator_terms(reals, fakes)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key])
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_gradients_match_the_reference(make_module, stage):
+    ref, fast = pair(make_module, stage)
+    batch = unpaired(seed=3) if stage == 3 else simulated(seed=3)
     grads = []
     for m in (ref, fast):
         out = m.generator(batch.noisy, streams=m.training_stage.streams)
         fakes, reals = m.fakes(out), {"clean": batch.clean_prior, "noise": batch.noise_prior, "noisy": batch.noisy}
+        fakes = {k: v for k, v in fakes.items() if v is not None}
         d_total = sum(m.discriminator_terms(reals, fakes).values())
         d_params = [p for p in m.discriminators.parameters() if p.requires_grad]
         d_grads = torch.autograd.grad(d_total, d_params, allow_unused=True)
@@ -91,7 +124,8 @@ def test_gradients_match_the_reference(make_module):
             # Relative to the tensor's norm: elementwise, a gradient entry near 0 carries the
             # rounding of the whole sum it is taken from.
             assert torch.linalg.vector_norm(b - a) <= 1e-4 * torch.linalg.vector_norm(a) + 1e-7, (name, torch.linalg.vector_norm(b - a) / torch.linalg.vector_norm(a))
-    assert sum(a is not None for a in dg0) == len(dg0)  # stage 3: every ensemble's parameters get a gradient
+    if stage > 1:  # every ensemble plays: all its parameters get a gradient
+        assert sum(a is not None for a in dg0) == len(dg0)
 
 
 @pytest.mark.parametrize("fft_sizes, channels, seconds", [((256, 128), 4, 0.25), ((2048, 1536, 1024, 768, 512, 384, 256, 128), 32, 0.5)],
