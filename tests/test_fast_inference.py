@@ -197,7 +197,6 @@ def test_export_matches_pytorch_and_enhance_takes_it_back(tmp_path, run_dir, noi
 
 def test_export_refuses_a_codec_without_an_onnx_graph(tmp_path):
     """model=tiny_stft's STFT codec is not exported; the refusal names the codec."""
-    from test_enhance import TINY_MODEL  # noqa: F401  (the same builder, another codec)
     from conftest import compose_train
     from omegaconf import OmegaConf
     from usedddp.export import export_onnx
