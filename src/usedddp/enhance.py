@@ -203,6 +203,8 @@ def enhance(cfg: DictConfig) -> int:
         root, files = list_inputs(cfg.input)
         check_output(cfg.input, cfg.output, root, files, bool(cfg.noise))
         model = load_enhancer(cfg.ckpt, cfg.device, _method_overrides(cfg), progress=True, engine=str(cfg.get("engine", "auto")))
+        if cfg.noise and "noise" not in getattr(model.enhancer, "streams", ("clean", "noise")):
+            raise InferenceError(f"{cfg.ckpt}: exported without the noise stream; export again with noise=true, or drop noise=true")
         report = enhance_paths(model.enhancer, cfg.input, cfg.output, noise=bool(cfg.noise), output_sr=str(cfg.output_sr),
                                chunk_seconds=float(cfg.chunk_seconds), overlap_seconds=float(cfg.overlap_seconds),
                                overwrite=bool(cfg.overwrite))

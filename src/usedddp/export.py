@@ -198,6 +198,8 @@ class OnnxEnhancer:
 
     def __call__(self, x: Tensor, streams: tuple[str, ...] = ("clean", "noise")) -> dict[str, Tensor | None]:
         """x (1, 1, t) -> {"clean": (1, 1, t), "noise": (1, 1, t) or None (not exported or not asked)}."""
+        if "noise" in streams and "noise" not in self.streams:
+            raise InferenceError(f"{self.path}: exported without the noise stream; export again with noise=true")
         self.nfe += 1
         length = x.shape[-1]
         padded = torch.nn.functional.pad(x.float().cpu(), (0, padded_length(length, self.hop_length) - length))

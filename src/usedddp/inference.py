@@ -154,14 +154,16 @@ def load_generator(ckpt: str | Path, device: str | torch.device = "cpu", engine:
     """The USE-DDP generator of a checkpoint file or a run directory (its latest stage's
     last.ckpt), in eval mode on `device`. Rebuilt from the config the checkpoint stores (never from
     pickled objects); its weights are loaded with torch.load(weights_only=True), strictly.
-    `engine` (ENGINES, or auto): how its codec runs; the default is the training graph."""
+    `engine` (ENGINES, or auto / exact: resolve_engine): how its codec runs; the default is the
+    training graph."""
     device = check_device(device)
     checkpoint, state, config = _read(ckpt)
     return _use_ddp(checkpoint, state, config, device, engine)
 
 
 # How the USE-DDP generator's DAC codec runs at inference: the options of its inference graph
-# (models/components/dac_inference.InferenceDAC), or None for the training modules as they are. The branches and their quantizers always run in float32 as trained.
+# (models/components/dac_inference.InferenceDAC), or None for the training modules as they are.
+# The branches and their quantizers always run in float32 as trained.
 ENGINES: dict[str, dict | None] = {
     "reference": None,  # the training graph, unoptimised
     "float32": {},  # the same output to float rounding
