@@ -154,3 +154,26 @@ def test_bin_floor_gate_ignores_a_fixed_spectral_tilt():
     assert not torch.allclose(*masks["item_mean"], atol=1e-2)
     with pytest.raises(ValueError, match="gate_level"):
         STFTCodec(gate_level="loudness")
+
+
+def test_min_gain_is_the_gate_floor_and_keeps_the_initial_split():
+    """min_gain bounds the gate below (the spectral floor of Wiener-type gains): whatever the
+    latent, no bin is attenuated by more than -20 log10(min_gain) dB, the gate still reaches
+    (almost) the bound, and both streams still start at mask_init * x."""
+    codec = make_codec(mask="gate", min_gain=0.1)
+    wav = speech_level(4000)
+    with torch.no_grad():
+        spec = codec.stft(wav)
+        masks = [codec.mask(s * torch.randn(2, codec.latent_dim, codec.n_frames(4000),
+                                            generator=torch.Generator().manual_seed(s)), spec) for s in (1, 100)]
+        start = codec.decode(codec.encode(wav), wav.shape[-1], reference=wav)
+    assert min(m.min() for m in masks) >= 0.1 - 1e-6 and max(m.max() for m in masks) <= 1.0
+    assert masks[1].min() < 0.1 + 1e-3 and masks[1].max() > 1.0 - 1e-3  # the whole range is reachable
+    assert (start - 0.5 * wav).pow(2).mean() < 1e-3 * wav.pow(2).mean()
+    without = make_codec(mask="gate")
+    with torch.no_grad():
+        assert without.mask(100 * torch.randn(2, 64, codec.n_frames(4000)), spec).min() < 1e-3
+    with pytest.raises(ValueError, match="min_gain"):
+        make_codec(mask="gate", min_gain=0.5)  # not below mask_init
+    with pytest.raises(ValueError, match="min_gain"):
+        make_codec(mask="complex", min_gain=0.1)

@@ -71,6 +71,7 @@ class STFTCodec(Codec):
         mask_init: float = 0.5,
         gate_level: str = "item_mean",
         gate_floor_quantile: float = 0.1,
+        min_gain: float = 0.0,
     ):
         super().__init__(sample_rate, hop_length, latent_dim)
         if n_fft % hop_length or n_fft // hop_length < 2:
@@ -83,7 +84,12 @@ class STFTCodec(Codec):
             raise ValueError(f"gate_level={gate_level!r}: use 'item_mean' or 'bin_floor'")
         if not 0.0 <= gate_floor_quantile < 1.0:
             raise ValueError(f"gate_floor_quantile={gate_floor_quantile} must lie in [0, 1)")
+        if not 0.0 <= min_gain < mask_init:
+            raise ValueError(f"min_gain={min_gain} must lie in [0, mask_init={mask_init})")
+        if min_gain and mask != "gate":
+            raise ValueError(f"min_gain={min_gain} applies to mask='gate' only, not mask={mask!r}")
         self.gate_level, self.gate_floor_quantile = gate_level, float(gate_floor_quantile)
+        self.min_gain = float(min_gain)
         self.mask_type = mask
         self.n_fft = n_fft
         self.compression, self.mask_bound = compression, mask_bound
@@ -99,7 +105,7 @@ class STFTCodec(Codec):
             bias = torch.zeros(2, n_bins)
             # complex: bound tanh(|m|) = mask_init at m = atanh(init / bound) + 0j; gate: the
             # intercept at logit(init / bound), the slope at 0.
-            r = mask_init / mask_bound
+            r = (mask_init - min_gain) / (mask_bound - min_gain)
             bias[0] = math.atanh(r) if mask == "complex" else math.log(r / (1 - r))
             self.synthesis.bias.copy_(bias.flatten())
 
@@ -150,7 +156,12 @@ class STFTCodec(Codec):
                 # i.e. an a posteriori SNR, the variable of Wiener-type gains. Against the item's
                 # mean instead, the quiet high bins of speech look like noise whatever the SNR.
                 level = level - torch.quantile(level, self.gate_floor_quantile, dim=2, keepdim=True)
-            return self.mask_bound * torch.sigmoid(p[..., 0] + p[..., 1] * level)
+            # min_gain: the spectral floor of Wiener-type gains (G_min; Ephraim & Malah, "Speech
+            # enhancement using a minimum mean-square error log-spectral amplitude estimator",
+            # IEEE TASSP 1985; Berouti et al. 1979): a gate never removes more than -20 log10(G_min)
+            # dB, which trades residual noise for fewer deleted weak speech bins.
+            gate = torch.sigmoid(p[..., 0] + p[..., 1] * level)
+            return self.min_gain + (self.mask_bound - self.min_gain) * gate
         m = torch.view_as_complex(p.contiguous())
         magnitude = m.abs()
         # bound * tanh(|m|) * m / |m|, written so that |m| -> 0 is smooth: tanh(r)/r -> 1.
