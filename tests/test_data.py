@@ -315,3 +315,44 @@ def test_speed_perturbation_moves_pitch_and_keeps_length(tmp_path):
     assert len(set(peaks)) > 2  # the factor varies with the draw
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(corpus.random_segment(n, g1), corpus.random_segment(n, g2, speed=None))
+
+
+def _band_db(x: np.ndarray, lo: float, hi: float) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
+    f = np.fft.rfftfreq(len(x), 1 / SR)
+    return 10 * np.log10(spectrum[(f >= lo) & (f < hi)].sum() / spectrum.sum())
+
+
+def test_pitch_shift_moves_the_median_f0_and_keeps_the_band(tmp_path):
+    """PSOLA moves a voiced signal's median F0 to the drawn target (the audit's own detector),
+    keeps its length and its 6-8 kHz band (where speed perturbation to the same F0 empties it),
+    draws reproducibly, and leaves an unvoiced segment as it was."""
+    from usedddp.audit import median_f0_hz
+    from usedddp.data.corpus import pitch_range, pitch_shift_psola
+
+    t = np.arange(2 * SR) / SR
+    f0 = 220 * (1 + 0.03 * np.sin(2 * np.pi * 3 * t))  # a sung vowel: 220 Hz with vibrato
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 36)) * (0.6 + 0.4 * np.sin(2 * np.pi * 1.5 * t) ** 2)
+    voiced = (0.2 * voiced / np.abs(voiced).max()).astype(np.float32)
+    (tmp_path / "voice").mkdir()
+    sf.write(tmp_path / "voice" / "a.wav", voiced, SR)
+    level = 10 * np.log10(np.mean(voiced ** 2))
+    assert median_f0_hz(voiced, SR, level) == pytest.approx(220, rel=0.05)
+    for target in (120.0, 260.0):
+        out = pitch_shift_psola(torch.from_numpy(voiced)[None], SR, target)[0].numpy()
+        assert out.shape == voiced.shape
+        assert median_f0_hz(out, SR, 10 * np.log10(np.mean(out ** 2))) == pytest.approx(target, rel=0.08)
+        assert _band_db(out, 6000, 8000) == pytest.approx(_band_db(voiced, 6000, 8000), abs=4.0)
+    slowed = torch.from_numpy(voiced)[None]
+    import torchaudio.functional as AF
+    slowed = AF.resample(slowed, 120, 220)[0].numpy()  # speed perturbation by 120/220
+    assert _band_db(slowed, 6000, 8000) < _band_db(voiced, 6000, 8000) - 30
+    silence = torch.zeros(1, SR)
+    assert torch.equal(pitch_shift_psola(silence, SR, 120.0), silence)
+
+    corpus = AudioCorpus(tmp_path / "voice", SR, min_samples=1)
+    draws = [corpus.random_segment(SR, torch.Generator().manual_seed(s), pitch_hz=(100, 250)) for s in (0, 0, 1)]
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    with pytest.raises(ValueError, match="prior_pitch_hz"):
+        pitch_range([250, 100])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -81,14 +82,18 @@ class AudioCorpus:
         return self._cache[i] if self._cache is not None else load_audio(self._files[i], self.sample_rate)
 
     def random_segment(self, num_samples: int, generator: torch.Generator, loop: bool = False,
-                       speed: tuple[float, float] | None = None) -> torch.Tensor:
+                       speed: tuple[float, float] | None = None,
+                       pitch_hz: tuple[float, float] | None = None) -> torch.Tensor:
         """(1, num_samples) crop of a random file; shorter files are tiled (loop) or zero-padded
         at a random offset. All randomness comes from `generator`, for reproducible items.
 
         `speed=(lo, hi)`: speed perturbation (Ko et al., "Audio augmentation for speech
         recognition", Interspeech 2015) by a factor drawn uniformly from [lo, hi] in steps of
         0.01: a crop of factor * num_samples samples resampled to num_samples, which moves pitch
-        and formants together, so a prior of few voices covers more of them."""
+        and formants together, so a prior of few voices covers more of them.
+
+        `pitch_hz=(lo, hi)`: the segment's median F0 moved to a value drawn uniformly from
+        [lo, hi] Hz by PSOLA (pitch_shift_psola), with its duration, formants and bandwidth kept."""
         factor = 1.0
         if speed is not None:
             lo, hi = round(100 * speed[0]), round(100 * speed[1])
@@ -109,11 +114,50 @@ class AudioCorpus:
             if factor != 1.0:
                 segment = AF.resample(segment, round(100 * factor), 100)[:, :num_samples]
                 segment = F.pad(segment, (0, num_samples - segment.shape[-1]))
+            if pitch_hz is not None:
+                target = pitch_hz[0] + (pitch_hz[1] - pitch_hz[0]) * float(torch.rand((), generator=generator))
+                seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+                segment = pitch_shift_psola(segment, self.sample_rate, target, seed)
             return segment
 
     def summary(self) -> str:
         return (f"{self.name}: {len(self)} files ({self.total_seconds:.1f} s) from {self.root}; "
                 f"{len(self.skipped)} skipped")
+
+
+def pitch_range(value) -> tuple[float, float] | None:
+    """data.prior_pitch_hz as (lo, hi) Hz, checked; None stays None."""
+    if value is None:
+        return None
+    lo, hi = map(float, value)
+    if not 50.0 <= lo <= hi <= 500.0:
+        raise ValueError(f"data.prior_pitch_hz={[lo, hi]}: give [lo, hi] Hz with 50 <= lo <= hi <= 500 (a median F0 range)")
+    return lo, hi
+
+
+def pitch_shift_psola(wav: torch.Tensor, sample_rate: int, median_f0_hz: float, seed: int = 0) -> torch.Tensor:
+    """(1, T) speech with its median F0 moved to `median_f0_hz`, duration and formants kept:
+    Praat's "Change gender" (TD-PSOLA, Moulines & Charpentier, "Pitch-synchronous waveform
+    processing techniques for text-to-speech synthesis using diphones", Speech Communication
+    1990; Boersma & Weenink, Praat) with formant shift 1 and pitch range factor 1. Unlike speed
+    perturbation it keeps the whole band: a slowed crop has nothing above factor x Nyquist. A
+    segment Praat finds no voicing in is returned unchanged. PSOLA places the pulses of unvoiced
+    stretches at random: Praat's generator is seeded with `seed`, so a draw is reproducible."""
+    import parselmouth
+    from parselmouth.praat import call, run
+
+    sound = parselmouth.Sound(wav[0].double().numpy(), sampling_frequency=float(sample_rate))
+    try:
+        run(f"random_initializeWithSeedUnsafelyButPredictably ({int(seed)})\n")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", parselmouth.PraatWarning)  # "no voiced segments found"
+            shifted = call(sound, "Change gender", 75.0, 600.0, 1.0, float(median_f0_hz), 1.0, 1.0).values[0]
+    except parselmouth.PraatError:
+        return wav
+    out = torch.from_numpy(shifted).to(wav.dtype)[: wav.shape[-1]]
+    if not torch.isfinite(out).all():
+        return wav
+    return F.pad(out, (0, wav.shape[-1] - out.shape[-1]))[None]
 
 
 def _fit(wav: torch.Tensor, n: int, generator: torch.Generator, loop: bool) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from ..audio import CorpusError, find_audio_files
 from .batches import ValidationBatch, collate_simulated, collate_unpaired, collate_validation
-from .corpus import AudioCorpus
+from .corpus import AudioCorpus, pitch_range
 from .datasets import (VALIDATION_LEVEL_DB, SimulatedMixtures, UnpairedNoisy, ValidationClips,
                        pair_by_relative_path)
 from ..stages import TrainingStage, training_stage as stage_spec
@@ -60,7 +60,7 @@ class USEDataModule(L.LightningDataModule):
                  val_max_seconds: float = 4.0, snr_db: tuple = (-5, 15), level_db: tuple = (-35, -15),
                  train_length: int = 100000, min_seconds: float = 0.1, preload: bool = True, seed: int = 0,
                  training_stage: int = 1, root: str | None = None, domain: str | None = None,
-                 prior_speed_perturb: tuple | None = None):
+                 prior_speed_perturb: tuple | None = None, prior_pitch_hz: tuple | None = None):
         super().__init__()
         # root only serves config interpolation (${data.root}/...); domain labels the noisy data in logs.
         self.root, self.domain = root, domain
@@ -76,6 +76,8 @@ class USEDataModule(L.LightningDataModule):
         self.training_stage = training_stage
         # Speed perturbation of the clean-prior draws (stages 1-3; not of validation).
         self.prior_speed_perturb = None if prior_speed_perturb is None else tuple(map(float, prior_speed_perturb))
+        # PSOLA pitch shift of the clean-prior draws to a median F0 in [lo, hi] Hz (stages 1-3).
+        self.prior_pitch_hz = pitch_range(prior_pitch_hz)
         self._corpora: dict[str, AudioCorpus] = {}
         self._val_plan: _ValPlan | None = None
         self._val_set = None
@@ -203,11 +205,13 @@ class USEDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.training_stage.data == "simulated":
             dataset = SimulatedMixtures(self.prior, self.noise, self.num_samples, self.snr_db, self.level_db,
-                                        self.train_length, self.seed, speed=self.prior_speed_perturb)
+                                        self.train_length, self.seed, speed=self.prior_speed_perturb,
+                                        pitch_hz=self.prior_pitch_hz)
             return self._loader(dataset, collate_simulated, self.batch_size, True, self.num_workers)
         if self.training_stage.data == "real_noisy":
             dataset = UnpairedNoisy(self.noisy_train, self.prior, self.noise, self.num_samples, self.level_db,
-                                    self.train_length, self.seed, speed=self.prior_speed_perturb)
+                                    self.train_length, self.seed, speed=self.prior_speed_perturb,
+                                    pitch_hz=self.prior_pitch_hz)
             return self._loader(dataset, collate_unpaired, self.batch_size, True, self.num_workers)
         raise ValueError(f"training stage {self.training_stage.number}: unknown training data {self.training_stage.data!r}")
 

@@ -59,9 +59,10 @@ class SimulatedMixtures(Dataset):
     """
 
     def __init__(self, speech: AudioCorpus, noise: AudioCorpus, num_samples: int, snr_db=(-5.0, 15.0),
-                 level_db=(-35.0, -15.0), length: int = 100_000, seed: int = 0, speed=None):
+                 level_db=(-35.0, -15.0), length: int = 100_000, seed: int = 0, speed=None, pitch_hz=None):
         self.speech, self.noise, self.num_samples = speech, noise, num_samples
         self.speed = None if speed is None else tuple(map(float, speed))
+        self.pitch_hz = None if pitch_hz is None else tuple(map(float, pitch_hz))
         self.snr_db, self.level_db, self.length, self.seed = tuple(snr_db), tuple(level_db), length, seed
 
     def __len__(self) -> int:
@@ -79,7 +80,7 @@ class SimulatedMixtures(Dataset):
 
     def __getitem__(self, index: int) -> SimulatedBatch:
         g, snr, level = self._draw(index)
-        clean = self.speech.random_segment(self.num_samples, g, speed=self.speed)
+        clean = self.speech.random_segment(self.num_samples, g, speed=self.speed, pitch_hz=self.pitch_hz)
         noise = self.noise.random_segment(self.num_samples, g, loop=True)
         p_clean = torch.clamp(clean.pow(2).mean(), min=SILENCE_RMS ** 2)
         noise = noise * torch.sqrt(p_clean / (noise.pow(2).mean() * 10 ** (snr / 10) + 1e-20))
@@ -95,9 +96,10 @@ class UnpairedNoisy(Dataset):
     at its own random level in `level_db` dBFS."""
 
     def __init__(self, noisy: AudioCorpus, speech: AudioCorpus, noise: AudioCorpus, num_samples: int,
-                 level_db=(-35.0, -15.0), length: int = 100_000, seed: int = 0, speed=None):
+                 level_db=(-35.0, -15.0), length: int = 100_000, seed: int = 0, speed=None, pitch_hz=None):
         self.noisy, self.speech, self.noise, self.num_samples = noisy, speech, noise, num_samples
         self.speed = None if speed is None else tuple(map(float, speed))
+        self.pitch_hz = None if pitch_hz is None else tuple(map(float, pitch_hz))
         self.level_db, self.length, self.seed = tuple(level_db), length, seed
 
     def __len__(self) -> int:
@@ -107,7 +109,9 @@ class UnpairedNoisy(Dataset):
         g = item_generator(self.seed, index, stream=2)
         out = []
         for corpus, loop in ((self.noisy, False), (self.speech, False), (self.noise, True)):
-            x = corpus.random_segment(self.num_samples, g, loop=loop, speed=self.speed if corpus is self.speech else None)
+            prior = corpus is self.speech
+            x = corpus.random_segment(self.num_samples, g, loop=loop, speed=self.speed if prior else None,
+                                      pitch_hz=self.pitch_hz if prior else None)
             x = x * level_gain(x, _uniform(g, self.level_db))
             out.append(x * _peak_safe(x))
         return UnpairedBatch(*out)

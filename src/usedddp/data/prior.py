@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..audio import CorpusError, find_audio_files, load_audio
-from .corpus import AudioCorpus
+from .corpus import AudioCorpus, pitch_range
 from .datasets import SILENCE_RMS, item_generator, rms
 
 log = logging.getLogger("usedddp.data")
@@ -23,9 +23,9 @@ class CleanSegments(Dataset):
     -60 dBFS) are redrawn: a spectrogram normalised by its peak would turn them into loud noise."""
 
     def __init__(self, corpus: AudioCorpus, num_samples: int, length: int, seed: int,
-                 speed: tuple[float, float] | None = None, retries: int = 8):
+                 speed: tuple[float, float] | None = None, retries: int = 8, pitch_hz: tuple[float, float] | None = None):
         self.corpus, self.num_samples, self.length, self.seed = corpus, int(num_samples), int(length), int(seed)
-        self.speed, self.retries = speed, int(retries)
+        self.speed, self.retries, self.pitch_hz = speed, int(retries), pitch_hz
 
     def __len__(self) -> int:
         return self.length
@@ -33,7 +33,7 @@ class CleanSegments(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         g = item_generator(self.seed, index)
         for _ in range(self.retries):
-            wav = self.corpus.random_segment(self.num_samples, g, loop=True, speed=self.speed)
+            wav = self.corpus.random_segment(self.num_samples, g, loop=True, speed=self.speed, pitch_hz=self.pitch_hz)
             if rms(wav) > SILENCE_RMS:
                 break
         return wav
@@ -54,7 +54,8 @@ class PriorDataModule(L.LightningDataModule):
                  train_length: int = 100000, min_seconds: float = 0.1, preload: bool = True, seed: int = 0,
                  root: str | None = None, domain: str | None = None, noise_dir: str | None = None,
                  prior_speed_perturb: tuple | None = None, noisy_train_dir: str | None = None,
-                 snr_db: tuple | None = None, level_db: tuple | None = None, val_max_seconds: float | None = None):
+                 snr_db: tuple | None = None, level_db: tuple | None = None, val_max_seconds: float | None = None,
+                 prior_pitch_hz: tuple | None = None):
         super().__init__()
         self.sample_rate, self.segment_seconds = int(sample_rate), float(segment_seconds)
         self.batch_size, self.num_workers = int(batch_size), int(num_workers)
@@ -62,6 +63,7 @@ class PriorDataModule(L.LightningDataModule):
         self.val_clips, self.train_length, self.min_seconds = int(val_clips), int(train_length), float(min_seconds)
         self.preload, self.seed, self.root, self.domain, self.noise_dir = bool(preload), int(seed), root, domain, noise_dir
         self.prior_speed_perturb = None if prior_speed_perturb is None else tuple(map(float, prior_speed_perturb))
+        self.prior_pitch_hz = pitch_range(prior_pitch_hz)
         self._prior: AudioCorpus | None = None
         self._val: list[torch.Tensor] | None = None
 
@@ -105,7 +107,8 @@ class PriorDataModule(L.LightningDataModule):
         return [held[i] for i in range(len(held))]
 
     def train_dataloader(self) -> DataLoader:
-        dataset = CleanSegments(self.prior, self.num_samples, self.train_length, self.seed, speed=self.prior_speed_perturb)
+        dataset = CleanSegments(self.prior, self.num_samples, self.train_length, self.seed, speed=self.prior_speed_perturb,
+                                pitch_hz=self.prior_pitch_hz)
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=True, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
