@@ -41,7 +41,7 @@ from usedddp.audit import (
 
 SR = 16000
 KINDS = {"bandwidth", "noise_floor", "speech_in_noise_prior", "sample_rate", "too_short", "snr_range", "level", "no_speech",
-         "voice_range"}
+         "voice_range", "noisy_reference"}
 # The cleanest demo test reference (WADA-SNR 31 dB on its own), for known-SNR mixtures.
 CLEAN_FILE = DEMO_ROOT / "clean_testset" / "el_Kiriaki_Serafeim__animals__mammals__bovines__sheep_lamb_desc_el.flac"
 TIMEOUT_S = 300
@@ -158,6 +158,25 @@ def test_wada_snr_on_real_speech():
         assert abs(estimates[snr] - snr) <= 4.0, (snr, estimates[snr])
     assert estimates[20.0] - estimates[5.0] >= 10.0
     assert wada_snr_db(x) > estimates[20.0]
+
+
+def test_noisy_test_references_warn_and_name_the_files(tmp_path):
+    """A test set whose 'clean' references carry noise (white noise at 0 dB in 2 of 4 copies of a
+    clean clip): a `noisy_reference` warning naming those two; the clean copies draw none."""
+    x = load_audio(CLEAN_FILE, SR)[0].numpy().astype(np.float64)
+    rng = np.random.default_rng(0)
+    for i, snr in enumerate((None, None, 0.0, 0.0)):
+        n = rng.standard_normal(len(x))
+        y = x if snr is None else x + n * np.sqrt(np.mean(x**2) / np.mean(n**2) / 10 ** (snr / 10))
+        _write(tmp_path / "test", f"ref{i}.wav", 0.5 * y / np.abs(y).max())
+    report = audit_corpora({"test": tmp_path / "test"}, SR, NO_VAD)
+    [warning] = [w for w in report["warnings"] if w["kind"] == "noisy_reference"]
+    assert warning["corpus"] == "test" and "ref2.wav" in warning["message"] and "ref3.wav" in warning["message"]
+    assert [r["file"] for r in report["corpora"]["test"]["noisy_files"]] in (["ref2.wav", "ref3.wav"], ["ref3.wav", "ref2.wav"])
+    (tmp_path / "test" / "ref2.wav").unlink(), (tmp_path / "test" / "ref3.wav").unlink()
+    report = audit_corpora({"test": tmp_path / "test"}, SR, NO_VAD)
+    assert not [w for w in report["warnings"] if w["kind"] == "noisy_reference"]
+    assert report["corpora"]["test"]["noisy_files"] == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,8 +373,10 @@ def test_median_f0_of_harmonic_voices():
 def test_one_voice_prior_warns_that_it_does_not_cover_the_data_voices():
     """The wideband demo prior (one female voice) against the demo data (two female voices and a
     male one): a `voice_range` warning naming the uncovered share, and no bandwidth or floor
-    warning; the in-domain prior (the test speakers themselves) covers them."""
-    report = audit_config(_compose("audit", "prior=demo", "data=demo", "output=unused"))
+    warning; the in-domain prior (the test speakers themselves) covers them, and so does the one
+    voice pitch-shifted over 100-250 Hz."""
+    report = audit_config(_compose("audit", "prior=demo", "data=demo", "data.prior_pitch_hz=null",
+                                   "data.prior_speed_perturb=[0.8,1.2]", "output=unused"))
     warnings = {(w["kind"], w["corpus"]): w for w in report["warnings"]}
     assert ("voice_range", "prior") in warnings, report["warnings"]
     assert not {"bandwidth", "noise_floor"} & {kind for kind, _ in warnings}
@@ -363,3 +384,8 @@ def test_one_voice_prior_warns_that_it_does_not_cover_the_data_voices():
     assert voices["data_outside_share"] > 0.25 and voices["speed_perturb"] == [0.8, 1.2]
     matched = audit_config(_compose("audit", "prior=demo_matched", "data=demo", "output=unused"))
     assert "voice_range" not in {w["kind"] for w in matched["warnings"]}
+    # The PSOLA pitch shift of the prior draws (data.prior_pitch_hz) covers the male voice.
+    shifted = audit_config(_compose("audit", "prior=demo", "data=demo", "data.prior_pitch_hz=[100,250]", "output=unused"))
+    assert "voice_range" not in {w["kind"] for w in shifted["warnings"]}, shifted["warnings"]
+    assert shifted["comparisons"]["prior_voices"]["pitch_shift_hz"] == [100.0, 250.0]
+    assert shifted["settings"]["prior_pitch_hz"] == [100.0, 250.0]

@@ -128,6 +128,13 @@ F0_FRAME_DB = -15.0
 F0_RANGE_HZ = (60.0, 400.0)
 VOICE_MARGIN = 0.1
 VOICE_SHARE = 0.2
+# Test references that are not clean: a clean reference whose WADA-SNR is below
+# NOISY_REFERENCE_SNR_DB carries noise of its own, which reference-based scores (SI-SDR, PESQ,
+# STOI/ESTOI) count as speech, so removing it scores as distortion; more than NOISY_REFERENCE_SHARE
+# of the references like that is a `noisy_reference` warning. On the demo test set: 2 of 16 (both
+# of tuxpaint_ro_Tabbytha's room recordings, WADA-SNR 4.9 and -1.2 dB; the rest 11.6-31.2 dB).
+NOISY_REFERENCE_SNR_DB = 10.0
+NOISY_REFERENCE_SHARE = 0.1
 
 THRESHOLDS = {
     "bandwidth_drop_db": BANDWIDTH_DROP_DB, "band_limited_fraction_of_nyquist": BAND_LIMITED_FRACTION,
@@ -139,6 +146,7 @@ THRESHOLDS = {
     "snr_range_margin_db": SNR_RANGE_MARGIN_DB, "low_level_dbfs": LOW_LEVEL_DBFS,
     "noise_bandwidth_ratio": NOISE_BANDWIDTH_RATIO, "noise_min_seconds": NOISE_MIN_SECONDS,
     "vad_threshold": VAD_THRESHOLD, "f0_frame_db": F0_FRAME_DB, "voice_margin": VOICE_MARGIN, "voice_share": VOICE_SHARE,
+    "noisy_reference_snr_db": NOISY_REFERENCE_SNR_DB, "noisy_reference_share": NOISY_REFERENCE_SHARE,
 }
 
 
@@ -523,6 +531,9 @@ def _summarise(folder: Path, files: list[_File], skipped: list[str], found: int,
         "wada_snr_db": _stats([f.wada_snr_db for f in files], 10, 50, 90) if speech else {},
         "f0_hz": _stats([f.f0_hz for f in files], 5, 50, 95) if speech else {},
         "file_f0_hz": sorted(round(f.f0_hz, 1) for f in files if math.isfinite(f.f0_hz)) if speech else [],
+        "noisy_files": sorted(({"file": str(f.path.relative_to(folder)), "wada_snr_db": round(f.wada_snr_db, 1)}
+                               for f in files if f.wada_snr_db < NOISY_REFERENCE_SNR_DB),
+                              key=lambda r: r["wada_snr_db"]) if speech else [],
     }
     if segment_seconds:
         out["files_shorter_than_segment"] = sum(f.seconds < segment_seconds for f in files)
@@ -551,7 +562,8 @@ def _summarise(folder: Path, files: list[_File], skipped: list[str], found: int,
 
 def audit_corpora(dirs: dict[str, str | Path | None], sample_rate: int, settings: AuditSettings | None = None, *,
                   segment_seconds: float | None = None, snr_db: tuple[float, float] | None = None,
-                  prior_speed: tuple[float, float] | None = None) -> dict:
+                  prior_speed: tuple[float, float] | None = None,
+                  prior_pitch_hz: tuple[float, float] | None = None) -> dict:
     """Audit the folders named by corpus (`prior`, `noise`, `data`, `test`; None: absent) and
     compare them. Returns the audit.json document."""
     settings = settings or AuditSettings()
@@ -562,7 +574,7 @@ def audit_corpora(dirs: dict[str, str | Path | None], sample_rate: int, settings
             continue
         corpora[name], _ = audit_corpus(dirs[name], sample_rate, settings, stream=stream, speech=name in SPEECH_CORPORA,
                                         segment_seconds=segment_seconds if name in ("prior", "data") else None)
-    comparisons, warnings = compare(corpora, sample_rate, snr_db, prior_speed)
+    comparisons, warnings = compare(corpora, sample_rate, snr_db, prior_speed, prior_pitch_hz)
     return {
         "corpora": corpora,
         "comparisons": comparisons,
@@ -572,13 +584,15 @@ def audit_corpora(dirs: dict[str, str | Path | None], sample_rate: int, settings
             "vad": f"silero-vad {_vad().version} (ONNX, in its wheel)" if settings.vad else None,
             "segment_seconds": segment_seconds, "snr_db": list(snr_db) if snr_db else None,
             "prior_speed_perturb": list(prior_speed) if prior_speed else None,
+            "prior_pitch_hz": list(prior_pitch_hz) if prior_pitch_hz else None,
             "thresholds": THRESHOLDS,
         },
         "wall_time_s": round(time.perf_counter() - started, 2),
     }
 
 
-def compare(corpora: dict[str, dict], sample_rate: int, snr_db=None, prior_speed=None) -> tuple[dict, list[AuditWarning]]:
+def compare(corpora: dict[str, dict], sample_rate: int, snr_db=None, prior_speed=None,
+            prior_pitch_hz=None) -> tuple[dict, list[AuditWarning]]:
     """Prior against data (and test), noise prior against the data's speech-free frames, and each
     corpus against the model: the deltas, and a warning for each beyond its threshold."""
     warnings: list[AuditWarning] = []
@@ -608,12 +622,23 @@ def compare(corpora: dict[str, dict], sample_rate: int, snr_db=None, prior_speed
                 f"they are zero-padded, digital silence the discriminators can key on. Use longer files or a shorter "
                 f"data.segment_seconds.", round(shorter / c["files_audited"], 3), SHORT_FILE_SHARE))
 
+    test = corpora.get("test")
+    if test and test.get("noisy_files") is not None and len(test["noisy_files"]) / test["files_audited"] > NOISY_REFERENCE_SHARE:
+        listed = ", ".join(f"{r['file']} ({r['wada_snr_db']:.1f} dB)" for r in test["noisy_files"][:5])
+        share = len(test["noisy_files"]) / test["files_audited"]
+        warnings.append(AuditWarning(
+            "noisy_reference", "test",
+            f"{len(test['noisy_files'])} of {test['files_audited']} clean references have an estimated SNR (WADA) below "
+            f"{NOISY_REFERENCE_SNR_DB:g} dB: {listed}. Reference-based scores (SI-SDR, PESQ, STOI/ESTOI) count their noise "
+            f"as speech, so an enhancer that removes it scores lower on them; report those files apart or use cleaner "
+            f"references.", round(share, 3), NOISY_REFERENCE_SHARE))
+
     if prior is not None:
         refs = {name: corpora[name] for name in ("data", "test") if name in corpora}
         rows = {name: _prior_row(prior, ref) for name, ref in refs.items()}
         comparisons.update({f"prior_vs_{name}": row for name, row in rows.items()})
         warnings += _prior_warnings(prior, refs, rows, nyquist)
-        voices = _voice_range(prior, refs, prior_speed)
+        voices = _voice_range(prior, refs, prior_speed, prior_pitch_hz)
         if voices is not None:
             comparisons["prior_voices"], warning = voices
             warnings += [warning] if warning else []
@@ -705,21 +730,27 @@ def _prior_warnings(prior: dict, refs: dict[str, dict], rows: dict[str, dict], n
     return out
 
 
-def _voice_range(prior: dict, refs: dict[str, dict], speed) -> tuple[dict, AuditWarning | None] | None:
+def _voice_range(prior: dict, refs: dict[str, dict], speed, pitch_hz=None) -> tuple[dict, AuditWarning | None] | None:
     """The F0 range the clean prior covers (its files' 5th-95th percentile of median F0, times the
-    training speed perturbation, widened by VOICE_MARGIN) and the share of each reference's files
-    outside it; a `voice_range` warning past VOICE_SHARE."""
+    training speed perturbation, joined with the PSOLA pitch range data.prior_pitch_hz when set,
+    widened by VOICE_MARGIN) and the share of each reference's files outside it; a `voice_range`
+    warning past VOICE_SHARE."""
     f0 = prior.get("f0_hz") or {}
     if not f0 or not all(math.isfinite(f0.get(k, math.nan)) for k in ("p5", "p95")):
         return None
     lo_speed, hi_speed = (float(speed[0]), float(speed[1])) if speed else (1.0, 1.0)
     lo, hi = f0["p5"] * lo_speed * (1 - VOICE_MARGIN), f0["p95"] * hi_speed * (1 + VOICE_MARGIN)
-    row = {"prior_f0_range_hz": [round(lo), round(hi)], "speed_perturb": [lo_speed, hi_speed]}
+    ranges = [(lo, hi)]
+    if pitch_hz:
+        ranges.append((float(pitch_hz[0]) * (1 - VOICE_MARGIN), float(pitch_hz[1]) * (1 + VOICE_MARGIN)))
+    row = {"prior_f0_range_hz": [round(lo), round(hi)], "speed_perturb": [lo_speed, hi_speed],
+           "pitch_shift_hz": [float(v) for v in pitch_hz] if pitch_hz else None}
     outside = {}
     for name, ref in refs.items():
         values = np.array(ref.get("file_f0_hz") or [])
         if len(values):
-            outside[name] = (float(np.mean((values < lo) | (values > hi))), values[(values < lo) | (values > hi)])
+            out = ~np.any([(values >= a) & (values <= b) for a, b in ranges], axis=0)
+            outside[name] = (float(np.mean(out)), values[out])
             row[f"{name}_outside_share"] = round(outside[name][0], 3)
             row[f"{name}_median_f0_hz"] = ref["f0_hz"].get("median")
     beyond = [n for n, (share, _) in outside.items() if share > VOICE_SHARE]
@@ -728,12 +759,13 @@ def _voice_range(prior: dict, refs: dict[str, dict], speed) -> tuple[dict, Audit
     what = REFERENCE_NAMES
     parts = [f"{outside[n][0]:.0%} of the files of {what[n]} (median F0 of those: {np.median(outside[n][1]):.0f} Hz)" for n in beyond]
     stretched = f" stretched by the speed perturbation {lo_speed:g}-{hi_speed:g}" if speed else ""
+    stretched += f", pitch-shifted to {pitch_hz[0]:g}-{pitch_hz[1]:g} Hz" if pitch_hz else ""
     return row, AuditWarning(
         "voice_range", "prior",
         f"{' and '.join(parts)} lie outside the voices of the clean prior (its files' median F0 spans {f0['p5']:.0f}-{f0['p95']:.0f} Hz, "
         f"{lo:.0f}-{hi:.0f} Hz{stretched} and with a {VOICE_MARGIN:.0%} margin): the supervised stages learn those voices as "
         f"not-speech and the clean discriminator calls them fake. Add speakers that cover the data's voices (or widen "
-        f"data.prior_speed_perturb).", max(outside[n][0] for n in beyond), VOICE_SHARE)
+        f"data.prior_pitch_hz).", max(outside[n][0] for n in beyond), VOICE_SHARE)
 
 
 def _prior_row(prior: dict, ref: dict) -> dict:
@@ -782,10 +814,12 @@ def audit_config(cfg: DictConfig) -> dict:
     settings = settings_from(cfg.get("audit"))
     snr = OmegaConf.select(cfg, "data.snr_db", default=None)
     speed = OmegaConf.select(cfg, "data.prior_speed_perturb", default=None)
+    pitch = OmegaConf.select(cfg, "data.prior_pitch_hz", default=None)
     report = audit_corpora(corpus_dirs(cfg), int(cfg.data.sample_rate), settings,
                            segment_seconds=float(OmegaConf.select(cfg, "data.segment_seconds", default=0) or 0) or None,
                            snr_db=tuple(map(float, snr)) if snr else None,
-                           prior_speed=tuple(map(float, speed)) if speed else None)
+                           prior_speed=tuple(map(float, speed)) if speed else None,
+                           prior_pitch_hz=tuple(map(float, pitch)) if pitch else None)
     report["config"] = {name: {"name": str(cfg[name].name), "dir": str(cfg[name].dir), "domain": str(cfg[name].domain)}
                         for name in ("prior", "noise")}
     report["config"]["data"] = {"domain": str(cfg.data.domain), "noisy_train_dir": str(cfg.data.noisy_train_dir),
