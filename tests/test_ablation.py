@@ -61,7 +61,9 @@ def test_set(tmp_path_factory) -> Path:
 def sweep(tmp_path_factory, test_set) -> tuple[Path, subprocess.CompletedProcess]:
     """The multirun (two tiny stage-1 runs), then scripts/evaluate_runs.py on it."""
     sweep_dir = tmp_path_factory.mktemp("multirun") / "demo"
+    # data.prior_pitch_hz=null: the one-voice prior as it is, so that its audit warns (voice_range).
     train = _run([sys.executable, "-m", "usedddp.train", "-m", "prior=demo,demo_matched", "stages=[1]", "logger=csv",
+                  "data.prior_pitch_hz=null",
                   f"hydra.sweep.dir={sweep_dir}", SUBDIR, *tiny_args()], cwd=sweep_dir.parent)
     assert train.returncode == 0, train.stdout[-6000:]
     evaluate = _run([sys.executable, str(ROOT / "scripts" / "evaluate_runs.py"), str(sweep_dir), "dnsmos=false", "jobs=1",
@@ -104,9 +106,10 @@ def test_multirun_evaluated_and_tabulated(sweep):
     assert all(r["si_sdr"] is not None and r["pesq_wb"] is not None for r in rows)
     assert all(r["hf_si_sdr"] is not None and r["hf_level"] is not None for r in rows)  # the 4-8 kHz band measures
     assert "dnsmos_ovrl" not in rows[0]  # dnsmos=false: not scored, not a column
-    # The corpus audit each run made at its start: the one-voice prior does not cover the male test
-    # voice; the in-domain prior (the test speakers themselves) draws no warning.
-    assert [r["audit"] for r in rows] == [None, ["voice_range (prior)"], []]
+    # The corpus audit each run made at its start: the one-voice prior (not pitch-shifted here) does
+    # not cover the male test voice; the in-domain prior (the test speakers themselves) does. Both
+    # runs' test set holds two noisy "clean" references.
+    assert [r["audit"] for r in rows] == [None, ["noisy_reference (test)", "voice_range (prior)"], ["noisy_reference (test)"]]
 
     # The script printed the same table, the in-domain run flagged, then the per-SNR table.
     printed = _table_lines(evaluate.stdout)
@@ -116,7 +119,8 @@ def test_multirun_evaluated_and_tabulated(sweep):
     assert "Per snr_db:" in evaluate.stdout
     assert "| SI-SDR 4-8k (dB) | level 4-8k (dB) |" in evaluate.stdout
     # The audit warnings column.
-    assert printed["prior=demo"][-1] == "voice_range (prior)" and printed["prior=demo_matched (in-domain)"][-1] == "none"
+    assert printed["prior=demo"][-1] == "noisy_reference (test), voice_range (prior)"
+    assert printed["prior=demo_matched (in-domain)"][-1] == "noisy_reference (test)"
     assert printed["noisy"][-1] == "–"
 
     by_snr = ablation.condition_table(runs, "snr_db")
