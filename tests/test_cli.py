@@ -198,7 +198,7 @@ def test_every_declared_dependency_is_used():
     # Distribution name -> the import name(s) that use it; ones imported under their own name are found as is.
     imported_as = {"descript-audio-codec": "dac", "hydra-core": "hydra", "rotary-embedding-torch": "rotary_embedding_torch",
                    "silero-vad": "silero_vad", "speechmos": "speechmos", "pesq": "pesq", "pystoi": "pystoi",
-                   "ema-pytorch": "ema_pytorch"}
+                   "ema-pytorch": "ema_pytorch", "praat-parselmouth": "parselmouth"}
     used = set()
     for path in [*SRC.rglob("*.py"), *(ROOT / "scripts").glob("*.py")]:
         used |= {name.split(".")[0] for name in _imports(path)}
