@@ -389,3 +389,90 @@ def test_one_voice_prior_warns_that_it_does_not_cover_the_data_voices():
     assert "voice_range" not in {w["kind"] for w in shifted["warnings"]}, shifted["warnings"]
     assert shifted["comparisons"]["prior_voices"]["pitch_shift_hz"] == [100.0, 250.0]
     assert shifted["settings"]["prior_pitch_hz"] == [100.0, 250.0]
+
+
+# --------------------------------------------------------------------------------------------
+# Bandwidth against the speech of noisy data, not its noise (issue 25)
+
+# Wideband ambiences of the embedded noise prior: their LTAS reaches 8 kHz, so noisy data made
+# with them read wideband whatever their speech holds.
+WIDEBAND_NOISE = ("megaglest-data/autumn__rain.flac", "megaglest-data/birch_forest__day.flac",
+                  "megaglest-data/fernland__night.flac", "minetest-data/fire__sounds__fire_fire_2.flac",
+                  "minetest-data/fire__sounds__fire_large.flac", "wesnoth-1_16-data/birds1.flac")
+PRIOR_VOICES = ("clean_prior/tuxpaint_es_Estefania_Ortiz", "clean_prior_matched/tuxpaint_ru_Edwin_Veber")  # F, M
+DATA_VOICES = ("tuxpaint_el_Kiriaki_Serafeim", "tuxpaint_ro_Tabbytha")  # other voices, both F
+VOICE_FILES = 12
+
+
+def _chain(x: np.ndarray) -> np.ndarray:
+    """A recording chain that rolls off above 5.2 kHz (4th-order Butterworth): the voices' files
+    then end (50 dB under the peak) around 6 kHz, about half of them below it, like the wideband
+    prior of issue 25 (median file 6188 Hz, 46% below 6 kHz)."""
+    from scipy.signal import butter, sosfilt
+
+    return sosfilt(butter(4, 5200, fs=SR, output="sos"), x)
+
+
+def _speech_beds(root: Path, seed: int = 0) -> dict[str, Path]:
+    """From the embedded corpus: a clean prior of two wideband voices (12 files each), the same
+    low-passed at 4 kHz, and noisy data of two other voices (24 files) in wideband noise at SNRs
+    drawn from 0-15 dB; each also through _chain (prior and data alike: the same kind of
+    recordings). Returns the folders by name."""
+    rng = np.random.default_rng(seed)
+
+    def clips(folder: Path) -> list[np.ndarray]:
+        files = sorted(folder.glob("*.flac"))
+        return [load_audio(files[i], SR)[0].numpy().astype(np.float64) for i in sorted(rng.permutation(len(files))[:VOICE_FILES])]
+
+    prior = [x for voice in PRIOR_VOICES for x in clips(DEMO_ROOT / voice)]
+    speech = [x for voice in DATA_VOICES for x in clips(DEMO_ROOT / "clean_prior_matched" / voice)]
+    noises = [load_audio(DEMO_ROOT / "noise_prior" / name, SR)[0].numpy().astype(np.float64) for name in WIDEBAND_NOISE]
+    mixes = []
+    for x in speech:
+        noise = noises[rng.integers(len(noises))]
+        noise = np.tile(noise, -(-len(x) // len(noise)) + 1)
+        start = rng.integers(0, len(noise) - len(x) + 1)
+        mixes.append((x, noise[start:start + len(x)], rng.uniform(0.0, 15.0)))
+    out = {}
+    for chained in (False, True):
+        tag = "_chain" if chained else ""
+        for i, x in enumerate(prior):
+            x = _chain(x) if chained else x
+            _write(root / f"prior{tag}", f"p{i:02d}.wav", 0.5 * x / np.abs(x).max())
+            low = _lowpass(x, 4000)
+            _write(root / f"prior{tag}_lp4k", f"p{i:02d}.wav", 0.5 * low / np.abs(low).max())
+        for i, (x, noise, snr) in enumerate(mixes):
+            x = _chain(x) if chained else x
+            y = x + noise * np.sqrt(np.mean(x**2) / np.mean(noise**2) / 10 ** (snr / 10))
+            _write(root / f"data{tag}", f"d{i:02d}.wav", 0.5 * y / np.abs(y).max())
+        out.update({name: root / name for name in (f"prior{tag}", f"prior{tag}_lp4k", f"data{tag}")})
+    return out
+
+
+@pytest.fixture(scope="module")
+def speech_beds(tmp_path_factory) -> dict[str, Path]:
+    return _speech_beds(tmp_path_factory.mktemp("speech_beds"))
+
+
+def _bandwidth_warnings(report: dict) -> list[dict]:
+    return [w for w in report["warnings"] if w["kind"] == "bandwidth"]
+
+
+@pytest.mark.parametrize("chain", ["", "_chain"], ids=["demo_voices", "rolled_off_voices"])
+def test_wideband_prior_against_noisy_data_warns_only_when_low_passed(speech_beds, chain):
+    """Issue 25's false alarm: the noisy data's noise fills every band, so its files read wideband
+    against any clean prior. Against the speech in the noisy data, a wideband prior of other
+    voices draws no `bandwidth` warning and the same prior low-passed at 4 kHz does. The rolled-off
+    case is the issue's (about half of the prior's files end under 6 kHz): the audit before the
+    fix warned there too (see notes); the demo voices' files end at 7.5-8 kHz."""
+    data = speech_beds[f"data{chain}"]
+    wide = audit_corpora({"prior": speech_beds[f"prior{chain}"], "data": data}, SR)
+    assert not _bandwidth_warnings(wide), wide["warnings"]
+    row = wide["comparisons"]["prior_vs_data"]
+    # The noisy data's whole-file LTAS reaches Nyquist (the noise); its speech does not.
+    assert wide["corpora"]["data"]["band_limited_files"] == 0
+    assert row["ref_speech_bandwidth_hz"] < row["ref_file_bandwidth_hz"]
+    low = audit_corpora({"prior": speech_beds[f"prior{chain}_lp4k"], "data": data}, SR)
+    [warning] = _bandwidth_warnings(low)
+    assert warning["corpus"] == "prior" and warning["value"] > 0.2
+    assert abs(low["corpora"]["prior"]["file_bandwidth_hz"]["median"] - 4000) <= 150
