@@ -26,6 +26,7 @@ with warnings.catch_warnings():
     from dac.model.dac import Decoder, Encoder
 
 from usedddp.models.components.codec import Codec
+from usedddp.models.components.snake import use_input_saving_snake
 
 
 class DACCodec(Codec):
@@ -51,6 +52,8 @@ class DACCodec(Codec):
             self.encoder = Encoder(encoder_dim, encoder_rates, latent_dim)
             self.decoder = Decoder(latent_dim, decoder_dim, decoder_rates)
         self.apply(_init_weights)
+        # The same function and parameters; its backward keeps one tensor per activation, not four.
+        use_input_saving_snake(self)
 
     def n_frames(self, num_samples: int) -> int:
         # One frame beyond ceil(T / hop): DAC's decoder returns a few samples fewer than
