@@ -33,7 +33,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_train_step import build  # noqa: E402
 
-import usedddp.models.module as module_mod  # noqa: E402
+import usedddp.models.fused_step as fused_mod  # noqa: E402
+import usedddp.models.step as step_mod  # noqa: E402
 from usedddp.data.batches import UnpairedBatch  # noqa: E402
 from usedddp.models.components.discriminator import JointEnsembles  # noqa: E402
 
@@ -58,7 +59,8 @@ class Regions:
                         (JointEnsembles, "__call__", "discriminators"), (module, "_optimizer_step", "grad_norms_and_checks"),
                         (torch.Tensor, "backward", "backward_call")]
         self.patches += [(d, "forward", "discriminators") for d in module.discriminators.values()]
-        self.patches += [(module_mod, f, "adversarial_loss") for f in dir(module_mod) if f.endswith(("discriminator_loss", "generator_loss", "feature_matching_loss"))]
+        self.patches += [(mod, f, "adversarial_loss") for mod in (step_mod, fused_mod) for f in dir(mod)
+                         if f.endswith(("discriminator_loss", "generator_loss", "feature_matching_loss"))]
         self.patches += [(o, "step", "optimizer") for o in optimizers]
 
     def __enter__(self):

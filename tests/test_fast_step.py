@@ -92,7 +92,7 @@ def test_unstackable_signals_take_the_reference_path(make_module):
     ref, fast = pair(make_module)
     reals = {"clean": 0.1 * torch.randn(2, 1, T), "noise": 0.1 * torch.randn(2, 1, T + 160), "noisy": 0.1 * torch.randn(2, 1, T)}
     fakes = {k: 0.1 * torch.randn(v.shape) for k, v in reals.items()}
-    assert fast.judge_jointly(("clean", "noise", "noisy"), list(reals.values()), list(fakes.values())) is None
+    assert fast.step.judge_jointly(fast, ("clean", "noise", "noisy"), list(reals.values()), list(fakes.values())) is None
     want, got = ref.discriminator_terms(reals, fakes), fast.discriminator_terms(reals, fakes)
     for key in want:
         torch.testing.assert_close(got[key], want[key])

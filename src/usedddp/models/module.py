@@ -6,30 +6,21 @@ maths lives in the generator, the losses and the discriminators.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections import Counter
+from contextlib import nullcontext
 from typing import Callable
 
 import lightning as L
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
-from usedddp.losses.adversarial import (
-    discriminator_loss,
-    feature_matching_loss,
-    generator_loss,
-    stacked_discriminator_loss,
-    stacked_feature_matching_loss,
-    stacked_generator_loss,
-)
-from usedddp.losses.reconstruction import ReconstructionLoss, scale_anchor_loss
+from usedddp.losses.reconstruction import ReconstructionLoss
 from usedddp.metrics import band_level_db, band_si_sdr, dnsmos, estoi, pesq_wb, si_sdr
-from usedddp.models.components.discriminator import JointEnsembles
-from usedddp.models.generator import GeneratorOutput, build_generator, split_output
-from usedddp.outputs import DiscriminatorOutput, StackedDiscriminatorOutput
+from usedddp.models.fused_step import FusedStep
+from usedddp.models.generator import GeneratorOutput, build_generator
+from usedddp.models.step import ReferenceStep
 from usedddp.stages import ENSEMBLES, TrainingStage, training_stage as stage_spec
 
 log = logging.getLogger(__name__)
@@ -52,7 +43,7 @@ class USEDDPModule(L.LightningModule):
         val_dnsmos: bool = True,
         sample_rate: int = 16000,
         stage3_prior_mixture: float = 0.0,
-        fast_step: bool = True,
+        fast_step: bool = False,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -85,12 +76,10 @@ class USEDDPModule(L.LightningModule):
         self.full_metrics_next_val = False
         self._val_count = 0
         self._val_rows: list[dict[str, float]] = []
-        # The step's launch-bound parts batched (grouped discriminators, stacked losses, fused
-        # optimizers, one norm op per part); False is the per-module reference path, the same
-        # numbers to rounding (tests/test_fast_step.py, scripts/benchmark_train_ops.py).
+        # The step's tensor work (models/step.py): the reference, or with fast_step the fused
+        # variant (models/fused_step.py), the same numbers to rounding. Which is faster depends on
+        # the model and the hardware (benchmarks/); each model config chooses what was measured.
         self.fast_step = bool(fast_step)
-        self._joint: dict[tuple[str, ...], JointEnsembles] = {}
-        self._parts: dict[str, tuple] = {}  # player -> (first parameter, parameters, parts)
 
     @property
     def training_stage(self) -> TrainingStage:
@@ -102,22 +91,20 @@ class USEDDPModule(L.LightningModule):
     def training_stage(self, value: int | TrainingStage) -> None:
         self._training_stage = stage_spec(value)
 
+    @property
+    def fast_step(self) -> bool:
+        """Whether the step is the fused variant (models/fused_step.py) rather than the reference."""
+        return isinstance(self.step, FusedStep)
+
+    @fast_step.setter
+    def fast_step(self, value: bool) -> None:
+        self.step = FusedStep() if value else ReferenceStep()
+
     def configure_optimizers(self):
-        opt_g = self._optimizer(self.optimizer_g, self.generator.parameters())
-        opt_d = self._optimizer(self.optimizer_d, self.discriminators.parameters())
+        opt_g = self.step.optimizer(self.optimizer_g, self.generator.parameters())
+        opt_d = self.step.optimizer(self.optimizer_d, self.discriminators.parameters())
         schedulers = [s(o) for s, o in ((self.scheduler_g, opt_g), (self.scheduler_d, opt_d)) if s is not None]
         return [opt_g, opt_d], schedulers
-
-    def _optimizer(self, factory: Callable, params):
-        """factory(params); on the fast path with fused=True where the optimizer takes it and the
-        config chose no implementation: torch's CPU default is a Python loop over the parameters
-        (about ten ops each: 2,378 parameters in dac16k), the fused kernel one op for all."""
-        keywords = getattr(factory, "keywords", None)
-        func = getattr(factory, "func", None)
-        if self.fast_step and keywords is not None and not {"fused", "foreach"} & set(keywords) \
-                and "fused" in inspect.signature(func).parameters:
-            return factory(params, fused=True)
-        return factory(params)
 
     # -- training -----------------------------------------------------------------------------
 
@@ -135,7 +122,7 @@ class USEDDPModule(L.LightningModule):
         process, nothing logged), so that the benchmarks time this step and not a copy of it.
         Returns the detached logged values."""
         spec = self.training_stage
-        out, simulated = self.generate(batch)
+        out, simulated = self.step.generate(self, batch)
         fakes = self.fakes(out)
         reals = {"clean": batch.clean_prior, "noise": batch.noise_prior, "noisy": batch.noisy}
 
@@ -147,9 +134,17 @@ class USEDDPModule(L.LightningModule):
         self._toggle(opt_d, False)
 
         self._toggle(opt_g, True)
-        g_terms = self.generator_terms(batch, out, reals, fakes, simulated=simulated)
+        g_terms = self.generator_terms(batch, out, reals, fakes, simulated=simulated, prior_mixture=False)
         g_total = sum(self.loss_weights[k] * v for k, v in g_terms.items())
-        self._optimizer_step(opt_g, g_total, self.generator, "g")
+        deferred = None
+        if simulated is None and self._needs_prior_mixture():
+            # The prior-mixture pass after the main loss's backward: its graph is built once the
+            # first one is freed (the gradient is the same sum).
+            deferred = lambda: self.step.prior_mixture_terms(self, batch)  # noqa: E731
+        extra = self._optimizer_step(opt_g, g_total, self.generator, "g", then=deferred)
+        if extra:
+            g_terms.update(extra)
+            g_total = g_total.detach() + sum(self.loss_weights[k] * v.detach() for k, v in extra.items())
         self._toggle(opt_g, False)
 
         logged = {f"train/{k}": v.detach() for k, v in {**d_terms, **g_terms}.items()}
@@ -168,20 +163,6 @@ class USEDDPModule(L.LightningModule):
             self.log_dict({"g": g_total.detach(), "d": logged["train/d/total"]}, prog_bar=True, logger=False, batch_size=batch.noisy.shape[0])
         return logged
 
-    def generate(self, batch) -> tuple[GeneratorOutput, GeneratorOutput | None]:
-        """The generator on the noisy input and, on the fast path where stage 3's prior-mixture
-        term needs it, on the prior draws' own mixture, as one pass over both stacked on the batch
-        axis (the generator is per item; each part keeps its own VQ losses). None for the second
-        when it is not computed here (generator_terms then runs it)."""
-        spec = self.training_stage
-        mixture = spec.number == 3 and self.stage3_prior_mixture > 0
-        dropout = any(b.quantizer.rvq is not None and b.quantizer.rvq.quantizer_dropout > 0 for b in self.generator.branches.values())
-        if not (self.fast_step and mixture and not dropout and batch.noisy.shape == batch.clean_prior.shape == batch.noise_prior.shape):
-            return self.generator(batch.noisy, streams=spec.streams), None
-        both = self.generator(torch.cat([batch.noisy, batch.clean_prior + batch.noise_prior]), streams=spec.streams, per_item_losses=True)
-        out, simulated = split_output(both, [batch.noisy.shape[0]] * 2)
-        return out, simulated
-
     def _toggle(self, optimizer, on: bool) -> None:
         # Lightning's toggling (requires_grad off for the other player's parameters) needs its Trainer.
         if self._trainer is not None:
@@ -191,112 +172,54 @@ class USEDDPModule(L.LightningModule):
         return {"clean": out.clean, "noise": out.noise, "noisy": out.reconstruction}
 
     def discriminator_terms(self, reals: dict[str, Tensor], fakes: dict[str, Tensor]) -> dict[str, Tensor]:
-        """LS-GAN discriminator loss per playing ensemble; fakes are detached, so this step
-        cannot reach the generator."""
-        names = self.training_stage.ensembles
-        joint = self.judge_jointly(names, [reals[n] for n in names], [fakes[n].detach() for n in names])
-        if joint is not None:
-            return dict(zip((f"d/{name}" for name in names), stacked_discriminator_loss(*joint).unbind()))
-        return {f"d/{name}": discriminator_loss(*self.judge(name, reals[name], fakes[name].detach())) for name in names}
-
-    def judge(self, name: str, *wavs: Tensor) -> list[DiscriminatorOutput]:
-        """One pass of ensemble `name` over signals stacked on the batch axis: half the kernel
-        launches of one pass each, which bound the step time on a GPU (the ensembles are many
-        small convolutions). Per-item normalisation keeps the items independent."""
-        return self.discriminators[name](torch.cat(wavs)).chunk(len(wavs))
-
-    def judge_jointly(self, names: tuple[str, ...], *wavs: list[Tensor]) -> list[StackedDiscriminatorOutput] | None:
-        """`judge` of every ensemble in `names` in one grouped pass (JointEnsembles): wavs[k][e]
-        (B, 1, T) is the k-th signal ensemble names[e] judges. None on the reference path or when
-        the signals differ in shape (they cannot be stacked)."""
-        flat = [w for ws in wavs for w in ws]
-        if not self.fast_step or not names or len({w.shape for w in flat}) > 1:
-            return None
-        joint = self._joint.get(names)
-        ensembles = [self.discriminators[n] for n in names]
-        # Rebuilt if an ensemble or its parameters were replaced (load_state_dict(assign=True)).
-        if joint is None or any(a is not b for a, b in zip(joint.ensembles, ensembles)) \
-                or joint.convs[0][0].weight_v is not ensembles[0].discriminators[0].band_convs[0][0][0].weight_v:
-            joint = self._joint[names] = JointEnsembles(ensembles)
-        # (k*B, E, T): the k signals of each ensemble stacked on the batch axis, as `judge` does.
-        stacked = torch.stack([torch.cat([ws[e] for ws in wavs]) for e in range(len(names))], dim=1)
-        return joint(rearrange(stacked, "n e 1 t -> n e t")).chunk(len(wavs))
+        """LS-GAN discriminator loss per playing ensemble (the step's strategy computes it)."""
+        return self.step.discriminator_terms(self, reals, fakes)
 
     def generator_terms(self, batch, out: GeneratorOutput, reals: dict[str, Tensor], fakes: dict[str, Tensor],
-                        simulated: GeneratorOutput | None = None) -> dict[str, Tensor]:
+                        simulated: GeneratorOutput | None = None, prior_mixture: bool = True) -> dict[str, Tensor]:
         """Unweighted generator loss terms, keyed as in `loss_weights` (and the logs); `simulated`:
-        the generator's output on the prior draws' mixture, if `generate` computed it."""
-        spec, terms = self.training_stage, {}
-        pairs = [(f"g/{stream}", fakes[stream], getattr(batch, stream)) for stream in spec.targets]
-        if spec.number == 3 and self.stage3_prior_mixture > 0:
-            sources = {"clean": batch.clean_prior, "noise": batch.noise_prior}
-            if simulated is None:
-                simulated = self.generator(sources["clean"] + sources["noise"], streams=spec.streams)
-            pairs += [(f"g/prior_mix/{stream}", getattr(simulated, stream), target) for stream, target in sources.items()]
-        if spec.mixture:
-            pairs.append(("g/mix", out.reconstruction, batch.noisy))
-        for (prefix, _, _), values in zip(pairs, self.reconstruction_terms([(e, t) for _, e, t in pairs])):
-            for name, value in values.items():
-                terms[f"{prefix}/{name}"] = value
-        if spec.mixture:
-            terms["g/scale"] = scale_anchor_loss(out.alpha, out.beta)
-        for stream, branch in out.branches.items():
-            terms[f"vq/{stream}/commitment"] = branch.commitment
-            terms[f"vq/{stream}/codebook"] = branch.codebook
-        joint = self.judge_jointly(spec.ensembles, [fakes[n] for n in spec.ensembles], [reals[n] for n in spec.ensembles])
-        if joint is not None:
-            paired = [name == "noisy" or name in spec.targets for name in spec.ensembles]
-            gen, feat = stacked_generator_loss(joint[0]).unbind(), stacked_feature_matching_loss(joint[1], joint[0], paired).unbind()
-            for name, g, f in zip(spec.ensembles, gen, feat):
-                terms[f"adv/{name}/gen"], terms[f"adv/{name}/feat"] = g, f
-            return terms
-        for name in spec.ensembles:
-            d_fake, d_real = self.judge(name, fakes[name], reals[name])
-            terms[f"adv/{name}/gen"] = generator_loss(d_fake)
-            # Paired when the 'real' example is this fake's own target (the noisy input for the
-            # reconstruction; the simulated sources in stages 1-2).
-            terms[f"adv/{name}/feat"] = feature_matching_loss(d_real, d_fake, paired=name == "noisy" or name in spec.targets)
+        the generator's output on the prior draws' mixture, if `generate` computed it, else (with
+        `prior_mixture`) stage 3's prior-mixture terms come from a pass of their own."""
+        terms = self.step.generator_terms(self, batch, out, reals, fakes, simulated)
+        if prior_mixture and simulated is None and self._needs_prior_mixture():
+            terms.update(self.step.prior_mixture_terms(self, batch))
         return terms
 
-    def reconstruction_terms(self, pairs: list[tuple[Tensor, Tensor]]) -> list[dict[str, Tensor]]:
-        """self.reconstruction of each (estimate, target) pair; on the fast path one call over
-        the pairs stacked (ReconstructionLoss.stacked) where their shapes agree."""
-        if not (self.fast_step and len(pairs) > 1 and len({t.shape for pair in pairs for t in pair}) == 1):
-            return [self.reconstruction(e, t) for e, t in pairs]
-        values = self.reconstruction(torch.stack([e for e, _ in pairs]), torch.stack([t for _, t in pairs]))
-        # One value for the whole stack (a replaced loss) applies to each pair.
-        values = {k: (v if v.ndim else v.expand(len(pairs))).unbind() for k, v in values.items()}
-        return [{k: v[i] for k, v in values.items()} for i in range(len(pairs))]
+    def _needs_prior_mixture(self) -> bool:
+        return self.training_stage.number == 3 and self.stage3_prior_mixture > 0
 
-    def _optimizer_step(self, optimizer, loss: Tensor, module: nn.Module, name: str) -> bool:
-        """Backward and step, unless the loss or the gradient is NaN/Inf: then the step is
-        skipped on every process, counted, and the weights are untouched."""
-        optimizer.zero_grad(set_to_none=True)
+    def _finite(self, loss: Tensor) -> bool:
         finite = bool(torch.isfinite(loss.detach()))
-        attached = self._trainer is not None
-        if attached:  # every process takes the same decision (else DDP's gradient all-reduce hangs)
+        if self._trainer is not None:  # every process takes the same decision (else DDP's gradient all-reduce hangs)
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if finite and self.fast_step:
-            norm, part_norms = self._backward_and_clip(loss, module, name, attached)
-            finite = bool(torch.isfinite(norm))
-            if attached:
-                self.log_dict({f"train/grad_norm/{name}": norm, **{f"train/grad_norm/{name}/{part}": v for part, v in part_norms.items()}}, on_step=True)
-        elif finite:
-            if attached:
-                self.manual_backward(loss)
-            else:
-                loss.backward()
-            # Pre-clip L2 norms: the total (what is clipped) and per part (generator: encoder,
-            # decoder, clean and noise branches; discriminators: one per ensemble).
-            parts: dict[str, list[Tensor]] = {}
-            for pname, p in module.named_parameters():
-                if p.grad is not None:
-                    parts.setdefault(_grad_part(name, pname), []).append(p)
-            part_norms = {part: torch.nn.utils.get_total_norm([p.grad for p in params]) for part, params in parts.items()}
-            norm = torch.linalg.vector_norm(torch.stack(list(part_norms.values()))) if part_norms else torch.zeros(())
+        return finite
+
+    def _optimizer_step(self, optimizer, loss: Tensor, module: nn.Module, name: str,
+                        then: Callable[[], dict[str, Tensor]] | None = None) -> dict[str, Tensor]:
+        """Backward and step, unless the loss or the gradient is NaN/Inf: then the step is
+        skipped on every process, counted, and the weights are untouched. `then`: more loss
+        terms (weighted by loss_weights) whose graph is built after `loss`'s backward pass and
+        whose gradient is added before the step; returns them."""
+        optimizer.zero_grad(set_to_none=True)
+        attached = self._trainer is not None
+        finite, extra = self._finite(loss), {}
+        if finite:
+            # Under DDP the gradients are all-reduced once, after the last backward pass.
+            sync = self.trainer.strategy.block_backward_sync() if attached and then is not None \
+                and hasattr(self.trainer.strategy, "block_backward_sync") else nullcontext()
+            with sync:
+                self.step.backward(self, loss, module, name, attached)
+            if then is not None:
+                extra = then()
+                more = sum(self.loss_weights[k] * v for k, v in extra.items())
+                finite = self._finite(more)
+                if finite:
+                    self.step.backward(self, more, module, name, attached)
+        if finite:
+            norm, part_norms = self.step.grad_norms(self, module, name)
             finite = bool(torch.isfinite(norm))
             if finite and part_norms:
-                torch.nn.utils.clip_grads_with_norm_([p for params in parts.values() for p in params], self.grad_clip_val, norm)
+                self.step.clip(self, module, name, norm)
             if attached:
                 self.log_dict({f"train/grad_norm/{name}": norm, **{f"train/grad_norm/{name}/{part}": v for part, v in part_norms.items()}}, on_step=True)
         if not finite:
@@ -309,51 +232,9 @@ class USEDDPModule(L.LightningModule):
             # still counts the step: trainer.max_steps bounds the batches (with max_epochs=-1 a
             # persistently non-finite loss would otherwise never end the stage).
             optimizer.step()
-            return False
+            return extra
         optimizer.step()
-        return True
-
-    def _backward_and_clip(self, loss: Tensor, module: nn.Module, name: str, attached: bool) -> tuple[Tensor, dict[str, Tensor]]:
-        """The fast path's backward, norms and clipping: the reference's numbers, with one
-        `_foreach_norm` over every gradient (get_total_norm per part adds a copy op per parameter)
-        and no multiply by a clip factor of 1.
-
-        Without a Trainer (which freezes the other player's parameters) the backward is limited
-        to `module`'s parameters: the reference also fills the other player's gradients, which
-        its own step clears before use."""
-        params, parts = self._grad_parts(module, name)
-        if attached:
-            self.manual_backward(loss)
-        else:
-            loss.backward(inputs=[p for p in params if p.requires_grad])
-        grads = {part: [p.grad for p in ps if p.grad is not None] for part, ps in parts.items()}
-        grads = {part: gs for part, gs in grads.items() if gs}
-        flat = [g for gs in grads.values() for g in gs]
-        if not flat:
-            return torch.zeros(()), {}
-        norms = torch._foreach_norm(flat)
-        part_norms, start = {}, 0
-        for part, gs in grads.items():
-            part_norms[part] = torch.linalg.vector_norm(torch.stack(norms[start:start + len(gs)]))
-            start += len(gs)
-        norm = torch.linalg.vector_norm(torch.stack(list(part_norms.values())))
-        # clip_grads_with_norm_'s factor, min(1, max / (norm + 1e-6)); a NaN norm is not clipped
-        # (the step is skipped), as the reference's finite check does first.
-        if bool(norm + 1e-6 > self.grad_clip_val):
-            torch._foreach_mul_(flat, (self.grad_clip_val / (norm + 1e-6)).clamp(max=1.0))
-        return norm, part_norms
-
-    def _grad_parts(self, module: nn.Module, name: str) -> tuple[list[nn.Parameter], dict[str, list[nn.Parameter]]]:
-        """module's parameters and their grouping into logged parts, built once (rebuilt if the
-        parameters were replaced)."""
-        first = next(module.parameters(), None)
-        cached = self._parts.get(name)
-        if cached is None or cached[0] is not first:
-            parts: dict[str, list[nn.Parameter]] = {}
-            for pname, p in module.named_parameters():
-                parts.setdefault(_grad_part(name, pname), []).append(p)
-            cached = self._parts[name] = (first, list(module.parameters()), parts)
-        return cached[1], cached[2]
+        return extra
 
     # -- validation -----------------------------------------------------------------------------
 
@@ -424,14 +305,6 @@ class USEDDPModule(L.LightningModule):
         if "stage" in meta:
             self.training_stage = int(meta["stage"])
         self.skipped_steps = Counter(meta.get("skipped_steps", {}))
-
-
-def _grad_part(player: str, param_name: str) -> str:
-    """The part a parameter's gradient norm is logged under: for the generator the codec's
-    submodule or the branch ("codec.encoder.x" -> "encoder", "branches.clean.x" -> "clean"), for
-    the discriminators the ensemble ("noisy.x" -> "noisy")."""
-    names = param_name.split(".")
-    return names[1] if player == "g" and len(names) > 2 else names[0]
 
 
 @torch.no_grad()
