@@ -57,7 +57,7 @@ MAX_NOISE_PRIOR_SECONDS = 10.0  # long loops are cropped for the noise prior, so
 MIN_NOISE_SECONDS = 1.0  # clicks and single barks would be tiled into periodic artefacts
 UNSEEN_MIN_SECONDS = 3.0
 UNSEEN_LONG_SECONDS = 20.0
-PRIOR_SECONDS = (1.0, 8.0)  # prior utterances: long enough for a segment, none dominating
+PRIOR_SECONDS = (2.0, 8.0)  # prior utterances: a 2 s training segment (configs/data/vctk.yaml) without padding, none dominating
 # Speech levels of the noisy files, ITU-T P.56 active level in dBFS (the demo data sit at -27 dBFS).
 SPEECH_LEVEL_DBFS = (-32.0, -22.0)
 TRAIN_SNR_DB = (0.0, 15.0)  # uniform, 0.5 dB steps
