@@ -175,3 +175,14 @@ def test_refuses_a_missing_corpus_and_an_existing_bed(tmp_path, capsys):
     assert script.main(["--corpus", str(CORPUS), "--out", str(tmp_path / "out"), "--bed", BED]) == 2
     assert "--overwrite" in capsys.readouterr().err and (tmp_path / "out" / BED / "keep.txt").read_text() == "mine"
     assert not (tmp_path / "out" / f".{BED}.partial").exists()
+
+
+def test_sources_at_another_rate_are_resampled(tmp_path):
+    """The corpus is 16 kHz today; a 48 kHz source would be resampled (polyphase), not misread."""
+    script = _script()
+    t = np.arange(48000) / 48000
+    sf.write(tmp_path / "tone.wav", 0.5 * np.sin(2 * np.pi * 1000 * t), 48000, subtype="PCM_16")
+    x = script.read_audio(tmp_path, "tone.wav")
+    assert len(x) == 16000
+    spectrum = np.abs(np.fft.rfft(x))
+    assert np.argmax(spectrum) == 1000  # 1 Hz bins over 1 s
