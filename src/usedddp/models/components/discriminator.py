@@ -87,6 +87,12 @@ class STFTDiscriminatorEnsemble(nn.Module):
             self.discriminators = nn.ModuleList(
                 [ComplexSTFTDiscriminator(n, hop_factor, sample_rate, [tuple(b) for b in bands], channels) for n in fft_sizes]
             )
+        # Each convolution's output is used only by its activation (a convolution's backward needs
+        # its input, not its output): in place, the activation's output is the buffer the next
+        # convolution saves anyway, one saved map per layer instead of two. The same numbers.
+        for module in self.modules():
+            if isinstance(module, nn.LeakyReLU):
+                module.inplace = True
 
     def forward(self, wav: Tensor) -> DiscriminatorOutput:
         """wav (B, 1, T) -> DiscriminatorOutput."""
