@@ -230,6 +230,11 @@ def test_default_run_writes_config_summary_and_logs(demo_run):
         # The noisy-input score is a property of the validation clips alone: the same every stage.
     assert len(input_sisdr) == 1, input_sisdr
 
+    for stage, record in summary["stages"].items():  # the memory guard's estimate before each stage
+        estimate = record["memory_estimate"]
+        assert estimate["batch_size"] == 2 and 0 < estimate["per_item_gib"] < estimate["total_gib"], (stage, estimate)
+    assert "memory check, training stage 3" in train_log(run_dir)
+
     for stage in (1, 2, 3):
         rows = metrics_rows(run_dir, stage)
         assert rows and "val/si_sdr" in rows[0], rows[:1]
@@ -490,6 +495,28 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert (run_dir / "train_ddp_process_1.log").is_file(), sorted(p.name for p in run_dir.iterdir())
     assert [p.name for p in run_dir.parent.iterdir()] == ["run"]
     assert result.stdout.count("run directory:") == 1, _tail(result.stdout)
+
+
+# -- 9b. the memory guard ----------------------------------------------------------------------
+
+
+def test_memory_guard_refuses_a_stage_that_does_not_fit(tmp_path):
+    """A step estimated over the machine's memory (faked by memory_guard.available_gb) stops
+    before the stage with exit 2 and the overrides that help, not with a kernel kill; the
+    stages before it ran."""
+    run_dir = tmp_path / "run"
+    # Room for the process as it is, not for the stage-3 step of a batch of 64.
+    result = train(run_dir, args("stages=[2,3]", "stage_max_steps={2:1,3:1}", "data.batch_size=64",
+                                 "memory_guard.available_gb=1.6"), expect_ok=False)
+    assert result.returncode == 2, _tail(result.stdout)
+    error = result.stdout[result.stdout.index("error: "):]
+    assert "training stage 2: one step of 64 x 0.5 s is estimated to need" in error, _tail(result.stdout)
+    assert "1.6 GiB available" in error and "data.segment_seconds" in error and "memory_guard.enabled=false" in error
+    assert "Traceback" not in result.stdout
+    # Off, the same command gets past the check (one step of stage 2 at batch 64 fits this machine).
+    ok = train(tmp_path / "off", args("stages=[2]", "stage_max_steps={2:1}", "data.batch_size=64",
+                                      "memory_guard.available_gb=1.6", "memory_guard.enabled=false"))
+    assert read_summary(tmp_path / "off")["stages"]["2"]["memory_estimate"] is None, _tail(ok.stdout)
 
 
 # -- 10. every experiment composes ------------------------------------------------------------

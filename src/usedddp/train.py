@@ -28,6 +28,7 @@ from usedddp.checkpoints import find_checkpoint, load_checkpoint, read_stage
 from usedddp.config import CONFIG_DIR, UsageError, prepare_argv
 from usedddp.examples import write_examples
 from usedddp.loggers import stage_label, stage_logger
+from usedddp.memory import DEFAULT_OVERHEAD, GIB, MemoryGuardError, check_step_memory
 from usedddp.models.build import build_module
 from usedddp.stages import TRAINING_STAGES, TrainingStage
 
@@ -207,6 +208,7 @@ def _fit_stage(cfg: DictConfig, module, datamodule, spec: TrainingStage, max_ste
     datamodule.setup("fit")
     trainer, callbacks = _stage_trainer(cfg, stage, run_dir, max_steps, datamodule.has_references, audit)
 
+    memory = _check_memory(cfg, module, stage)
     started = time.time()
     log.info("training stage %d: %d steps on %s", stage, max_steps, spec.description)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
@@ -219,6 +221,7 @@ def _fit_stage(cfg: DictConfig, module, datamodule, spec: TrainingStage, max_ste
 
     record = {
         "steps": int(trainer.global_step),
+        "memory_estimate": memory,
         "fit_seconds": round(fit_seconds, 1),
         "metrics": {k: round(float(v), 4) for k, v in sorted(metrics.items())},
         "checkpoints": _checkpoint_record(callbacks),
@@ -228,6 +231,35 @@ def _fit_stage(cfg: DictConfig, module, datamodule, spec: TrainingStage, max_ste
     log.info("stage %d done in %.0f s: %s", stage, fit_seconds, record["metrics"])
     _finish_wandb()
     return record
+
+
+def _check_memory(cfg: DictConfig, module, stage: int) -> dict | None:
+    """The memory guard (usedddp.memory.check_step_memory) before a training stage: a step
+    estimated to need more than the machine has is refused with the overrides that help,
+    instead of a kernel kill minutes later. Its estimate goes into summary.json."""
+    guard = cfg.get("memory_guard") or {}
+    if not guard.get("enabled", True):
+        return None
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    device = torch.device("cuda") if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else torch.device("cpu")
+    precision = str(cfg.trainer.get("precision", "32"))
+    autocast = torch.bfloat16 if "bf16" in precision else torch.float16 if precision.startswith("16") else None
+    available = guard.get("available_gb")
+    moved = next(module.parameters()).device != device
+    if moved:
+        module.to(device)
+    try:
+        estimate = check_step_memory(module, stage=stage, batch_size=int(cfg.data.batch_size),
+                                     segment_seconds=float(cfg.data.segment_seconds), device=device,
+                                     available=None if available is None else int(float(available) * GIB),
+                                     overhead=float(guard.get("overhead", DEFAULT_OVERHEAD)),
+                                     probe_seconds=guard.get("probe_seconds", 1.0), autocast_dtype=autocast, log=log)
+    except MemoryGuardError as error:
+        raise UsageError(str(error)) from None
+    finally:
+        if moved:
+            module.to("cpu")
+    return None if estimate is None else estimate.as_dict()
 
 
 def _train_prior(cfg: DictConfig, run_dir: Path, summary: dict, audit: dict | None, started: float) -> dict:
