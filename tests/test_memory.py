@@ -117,10 +117,13 @@ def test_estimate_scales_with_batch_and_segment_and_leaves_the_module_alone(make
     assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
     assert all(p.grad is None for p in module.parameters())
     four = estimate_step_memory(module, batch_size=4, segment_samples=4000)
-    assert four.per_item == small.per_item and four.activations == pytest.approx(4 * small.activations, abs=4)
+    assert (four.per_item, four.fixed) == (small.per_item, small.fixed) and small.per_item > 0 and small.fixed > 0
+    assert four.activations - small.activations == pytest.approx(3 * small.overhead * small.per_item, abs=4)
+    # What grows with the audio, probed on half the segment (and a quarter), scaled: as probed on all of it.
     probed = estimate_step_memory(module, batch_size=1, segment_samples=8000, probe_samples=4000)
     longer = estimate_step_memory(module, batch_size=1, segment_samples=8000)
     assert probed.per_item == pytest.approx(longer.per_item, rel=0.1)
+    assert probed.fixed + probed.per_item == pytest.approx(longer.fixed + longer.per_item, rel=0.1)
     assert small.state == 3 * sum(p.numel() * 4 for p in module.parameters() if p.requires_grad)
     assert {"branch:clean", "branch:noise", "discriminator:noisy"} <= set(small.by_phase)
 
@@ -130,7 +133,7 @@ def test_guard_refuses_a_step_over_the_limit_naming_the_overrides(make_module):
     module.training_stage = 3
     fits = check_step_memory(module, stage=3, batch_size=2, segment_seconds=0.25, available=64 * GIB)
     assert fits is not None and fits.total < 64 * GIB
-    limit = fits.baseline + fits.state + int(2.5 * fits.per_item * fits.overhead)  # room for two items, not eight
+    limit = fits.baseline + fits.state + int(fits.overhead * (fits.fixed + 2.5 * fits.per_item))  # room for two items, not eight
     with pytest.raises(MemoryGuardError) as error:
         check_step_memory(module, stage=3, batch_size=8, segment_seconds=0.25, available=limit)
     message = str(error.value)

@@ -228,26 +228,30 @@ class _Saved:
 
 @dataclass
 class StepMemoryEstimate:
-    """The memory one training step at `batch_size` items needs, from a probe step on one item.
+    """The memory one training step at `batch_size` items needs, from probe steps on one item.
 
     total = baseline (the process now: libraries, model weights, data)
           + state (gradients and the two Adam moments of every parameter, not yet allocated)
-          + batch_size x per_item x overhead (autograd's saved tensors at the step's peak,
-            which grow with the batch; overhead covers intermediate gradients, workspaces and
-            the allocator's slack, calibrated against measured peaks in scripts/benchmark_memory.py).
+          + overhead x (fixed + batch_size x per_item): autograd's saved tensors at the step's
+            peak, split by two probes of different lengths into what grows with the audio
+            (per item of the segment's length) and what does not (the weight-normed weights
+            every convolution saves, once per pass); overhead covers intermediate gradients,
+            workspaces and the allocator's slack, calibrated against measured peaks
+            (scripts/benchmark_memory.py).
     """
 
     baseline: int
     state: int
+    fixed: int
     per_item: int
     batch_size: int
     overhead: float
-    by_phase: dict[str, int] = field(default_factory=dict)  # per item, at the probe's peak
+    by_phase: dict[str, int] = field(default_factory=dict)  # the longer probe's, at its peak
     probe_time_s: float = 0.0
 
     @property
     def activations(self) -> int:
-        return int(self.batch_size * self.per_item * self.overhead)
+        return int(self.overhead * (self.fixed + self.batch_size * self.per_item))
 
     @property
     def total(self) -> int:
@@ -255,14 +259,15 @@ class StepMemoryEstimate:
 
     def max_batch(self, budget: int) -> int:
         """The largest batch whose estimate fits in `budget` bytes of total memory (0 if none)."""
-        room = budget - self.baseline - self.state
-        return max(0, int(room // max(1, self.per_item * self.overhead)))
+        room = budget - self.baseline - self.state - self.overhead * self.fixed
+        return max(0, int(room // max(1.0, self.per_item * self.overhead)))
 
     def as_dict(self) -> dict:
         return {"baseline_gib": round(self.baseline / GIB, 3), "state_gib": round(self.state / GIB, 3),
-                "per_item_gib": round(self.per_item / GIB, 3), "batch_size": self.batch_size, "overhead": self.overhead,
+                "fixed_gib": round(self.fixed / GIB, 3), "per_item_gib": round(self.per_item / GIB, 3),
+                "batch_size": self.batch_size, "overhead": self.overhead,
                 "activations_gib": round(self.activations / GIB, 3), "total_gib": round(self.total / GIB, 3),
-                "by_phase_per_item_gib": {k: round(v / GIB, 3) for k, v in sorted(self.by_phase.items())},
+                "by_phase_probe_gib": {k: round(v / GIB, 3) for k, v in sorted(self.by_phase.items())},
                 "probe_time_s": round(self.probe_time_s, 2)}
 
 
@@ -290,26 +295,38 @@ def estimate_step_memory(module, batch_size: int, segment_samples: int, device: 
                          overhead: float = DEFAULT_OVERHEAD, probe_samples: int | None = None,
                          autocast_dtype: torch.dtype | None = None) -> StepMemoryEstimate:
     """Run the module's own training step (USEDDPModule.train_step: both players' losses and
-    backward passes) once on one synthetic item of `probe_samples` samples (default: the
-    segment), with optimizers that never step, and scale its saved tensors to `batch_size` items
-    of `segment_samples` (they grow linearly with both). The weights, the random state and the
-    module's trainer are left as they were."""
-    from usedddp.data.batches import SimulatedBatch, UnpairedBatch
-
+    backward passes) on one synthetic item of `probe_samples` samples (default: the segment) and
+    of half that, with optimizers that never step; the two peaks of saved tensors give what
+    grows with the audio and what does not, scaled to `batch_size` items of `segment_samples`.
+    The weights, the random state and the module's trainer are left as they were."""
     device = torch.device(device)
-    probe_samples = segment_samples if probe_samples is None else min(int(probe_samples), segment_samples)
-    spec = module.training_stage
-    g = torch.Generator().manual_seed(0)
-    wavs = [0.05 * torch.randn(1, 1, probe_samples, generator=g).to(device) for _ in range(3)]
-    batch = UnpairedBatch(*wavs) if spec.data == "real_noisy" else SimulatedBatch(noisy=wavs[1] + wavs[2], clean=wavs[1], noise=wavs[2])
+    long = segment_samples if probe_samples is None else min(int(probe_samples), segment_samples)
+    short = max(1, long // 2)
     params = list(module.parameters())
     state = sum(3 * p.numel() * p.element_size() for p in params if p.requires_grad)
     if device.type == "cpu":
         release_free_heap()
     baseline = rss_bytes() if device.type == "cpu" else torch.cuda.memory_allocated(device)
+    started = time.perf_counter()
+    (peak_short, _), (peak_long, by_phase) = (_probe(module, n, device, autocast_dtype) for n in (short, long))
+    rate = max(0.0, (peak_long - peak_short) / (long - short))  # saved bytes per sample of audio
+    fixed = max(0, int(peak_long - rate * long))
+    return StepMemoryEstimate(baseline=int(baseline or 0), state=state, fixed=fixed, per_item=int(rate * segment_samples),
+                              batch_size=batch_size, overhead=overhead, by_phase=by_phase,
+                              probe_time_s=time.perf_counter() - started)
+
+
+def _probe(module, samples: int, device: torch.device, autocast_dtype: torch.dtype | None) -> tuple[int, dict[str, int]]:
+    """(peak saved bytes, by phase) of one train_step on one synthetic item of `samples` samples."""
+    from usedddp.data.batches import SimulatedBatch, UnpairedBatch
+
+    g = torch.Generator().manual_seed(0)
+    wavs = [0.05 * torch.randn(1, 1, samples, generator=g).to(device) for _ in range(3)]
+    batch = UnpairedBatch(*wavs) if module.training_stage.data == "real_noisy" \
+        else SimulatedBatch(noisy=wavs[1] + wavs[2], clean=wavs[1], noise=wavs[2])
+    params = list(module.parameters())
     trainer = module._trainer
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
-    started = time.perf_counter()
     try:
         module.trainer = None  # the step then runs unattached: no logging, no all-ranks decisions
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), SavedTensorMeter() as meter, \
@@ -320,10 +337,7 @@ def estimate_step_memory(module, batch_size: int, segment_samples: int, device: 
         module.trainer = trainer
         for p in params:
             p.grad = None
-    scale = segment_samples / probe_samples
-    return StepMemoryEstimate(baseline=int(baseline or 0), state=state, per_item=int(meter.peak * scale), batch_size=batch_size,
-                              overhead=overhead, by_phase={k: int(v * scale) for k, v in meter.peak_by_phase.items()},
-                              probe_time_s=time.perf_counter() - started)
+    return meter.peak, meter.peak_by_phase
 
 
 def step_parts(module) -> dict[str, torch.nn.Module]:
@@ -364,7 +378,7 @@ def check_step_memory(module, *, stage: int, batch_size: int, segment_seconds: f
                       available: int | None = None, overhead: float = DEFAULT_OVERHEAD, probe_seconds: float | None = 1.0,
                       autocast_dtype: torch.dtype | None = None, log=None) -> StepMemoryEstimate | None:
     """Estimate training stage `stage`'s step (estimate_step_memory, probed on `probe_seconds` of
-    audio) and refuse it, naming the overrides that shrink it, when it exceeds `available` bytes
+    audio and half that) and refuse it, naming the overrides that shrink it, when it exceeds `available` bytes
     (default: what this machine has free, available_bytes, plus what the process holds already).
     None where the machine's memory is unknown."""
     device = torch.device(device)
@@ -381,9 +395,9 @@ def check_step_memory(module, *, stage: int, batch_size: int, segment_seconds: f
     estimate = estimate_step_memory(module, batch_size, samples, device, overhead, probe, autocast_dtype)
     if log is not None:
         log.info("memory check, training stage %d: a step of %d x %g s needs about %.1f GiB (%.1f held, %.1f optimizer "
-                 "state, %.2f per item), %.1f GiB available (probe %.1f s)", stage, batch_size, segment_seconds,
+                 "state, %.2f per item, %.2f per step), %.1f GiB available (probes %.1f s)", stage, batch_size, segment_seconds,
                  estimate.total / GIB, estimate.baseline / GIB, estimate.state / GIB, estimate.per_item * overhead / GIB,
-                 available / GIB, estimate.probe_time_s)
+                 estimate.fixed * overhead / GIB, available / GIB, estimate.probe_time_s)
     if estimate.total > available:
         fits = estimate.max_batch(available)
         where = "this GPU" if device.type == "cuda" else "this machine"
@@ -397,7 +411,8 @@ def check_step_memory(module, *, stage: int, batch_size: int, segment_seconds: f
         raise MemoryGuardError(
             f"training stage {stage}: one step of {batch_size} x {segment_seconds:g} s is estimated to need "
             f"{estimate.total / GIB:.1f} GiB ({estimate.baseline / GIB:.1f} GiB held now, {estimate.state / GIB:.1f} GiB of "
-            f"optimizer state, {estimate.per_item * overhead / GIB:.2f} GiB per item), but {where} has "
+            f"optimizer state, {estimate.per_item * overhead / GIB:.2f} GiB per item and {estimate.fixed * overhead / GIB:.2f} "
+            f"GiB per step), but {where} has "
             f"{available / GIB:.1f} GiB available. Use " + "; or ".join(hints)
             + ". memory_guard.enabled=false skips this check.")
     return estimate
