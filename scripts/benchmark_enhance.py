@@ -40,7 +40,6 @@ import inspect
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -49,34 +48,9 @@ from pathlib import Path
 
 import torch
 
+from usedddp.memory import peak_rss_bytes, reset_peak_rss, rss_bytes  # VmRSS, VmHWM, /proc/self/clear_refs
+
 GIB = 2**30
-
-
-# --------------------------------------------------------------------------------------------
-# Memory
-
-
-def rss_bytes() -> int:
-    """The current resident set (VmRSS)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's RSS high-water mark (and so ru_maxrss) to the current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 # --------------------------------------------------------------------------------------------
