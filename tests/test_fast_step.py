@@ -243,3 +243,17 @@ def test_stacked_reconstruction_equals_each_pair(make_module):
     for i in range(3):
         for name, value in module.reconstruction(est[i], ref[i]).items():
             torch.testing.assert_close(stacked[name][i], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("overrides, fused", [([], True), (["trainer=gpu"], False), (["model=tiny"], False),
+                                              (["model=dac16k"], False), (["trainer=gpu", "model.fast_step=true"], True)])
+def test_each_model_defaults_to_the_step_measured_faster(overrides, fused):
+    """tiny_stft: the fused step, measured faster on a CPU; on a GPU (not measured) and for the
+    DAC models (dac16k measured slower on a CPU) the reference step. A typed value wins."""
+    from hydra import compose, initialize_config_dir
+
+    import usedddp.config
+
+    with initialize_config_dir(str(usedddp.config.CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    assert cfg.model.fast_step is fused

@@ -31,6 +31,9 @@ class UsageError(ValueError):
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("usedddp_demo_root"):
         OmegaConf.register_new_resolver("usedddp_demo_root", lambda: str(DEMO_ROOT))
+    if not OmegaConf.has_resolver("usedddp_on_cpu"):
+        # ${usedddp_on_cpu:${trainer.accelerator}}: a default that holds where it was measured (a CPU) only.
+        OmegaConf.register_new_resolver("usedddp_on_cpu", lambda accelerator="cpu": str(accelerator) == "cpu")
 
 
 register_resolvers()
