@@ -230,7 +230,7 @@ class _Saved:
 class StepMemoryEstimate:
     """The memory one training step at `batch_size` items needs, from probe steps on one item.
 
-    total = baseline (the process now: libraries, model weights, data)
+    total = baseline (the process after the probes: libraries, model weights, data, the runtime)
           + state (gradients and the two Adam moments of every parameter, not yet allocated)
           + overhead x (fixed + batch_size x per_item): autograd's saved tensors at the step's
             peak, split by two probes of different lengths into what grows with the audio
@@ -304,11 +304,13 @@ def estimate_step_memory(module, batch_size: int, segment_samples: int, device: 
     short = max(1, long // 2)
     params = list(module.parameters())
     state = sum(3 * p.numel() * p.element_size() for p in params if p.requires_grad)
+    started = time.perf_counter()
+    (peak_short, _), (peak_long, by_phase) = (_probe(module, n, device, autocast_dtype) for n in (short, long))
+    # After the probes: the runtime's own growth at a first backward pass (kernel caches, the
+    # autograd engine's threads) is then part of the baseline, the probes' freed memory not.
     if device.type == "cpu":
         release_free_heap()
     baseline = rss_bytes() if device.type == "cpu" else torch.cuda.memory_allocated(device)
-    started = time.perf_counter()
-    (peak_short, _), (peak_long, by_phase) = (_probe(module, n, device, autocast_dtype) for n in (short, long))
     rate = max(0.0, (peak_long - peak_short) / (long - short))  # saved bytes per sample of audio
     fixed = max(0, int(peak_long - rate * long))
     return StepMemoryEstimate(baseline=int(baseline or 0), state=state, fixed=fixed, per_item=int(rate * segment_samples),
