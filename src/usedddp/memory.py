@@ -377,7 +377,7 @@ class MemoryGuardError(RuntimeError):
 
 
 def check_step_memory(module, *, stage: int, batch_size: int, segment_seconds: float, device: torch.device | str = "cpu",
-                      available: int | None = None, overhead: float = DEFAULT_OVERHEAD, probe_seconds: float | None = 1.0,
+                      available: int | None = None, overhead: float = DEFAULT_OVERHEAD, probe_seconds: float | None = 0.5,
                       autocast_dtype: torch.dtype | None = None, log=None) -> StepMemoryEstimate | None:
     """Estimate training stage `stage`'s step (estimate_step_memory, probed on `probe_seconds` of
     audio and half that) and refuse it, naming the overrides that shrink it, when it exceeds `available` bytes

@@ -253,7 +253,7 @@ def _check_memory(cfg: DictConfig, module, stage: int) -> dict | None:
                                      segment_seconds=float(cfg.data.segment_seconds), device=device,
                                      available=None if available is None else int(float(available) * GIB),
                                      overhead=float(guard.get("overhead", DEFAULT_OVERHEAD)),
-                                     probe_seconds=guard.get("probe_seconds", 1.0), autocast_dtype=autocast, log=log)
+                                     probe_seconds=guard.get("probe_seconds", 0.5), autocast_dtype=autocast, log=log)
     except MemoryGuardError as error:
         raise UsageError(str(error)) from None
     finally:
