@@ -94,7 +94,8 @@ def run_step_case(case: dict) -> dict:
                   available_gib=gib(available_bytes(device)))
     # What the estimate is for: the process's peak, against baseline + state + batch x saved tensors.
     if device.type == "cpu":
-        result["measured_overhead"] = round((peak - estimate.baseline - estimate.state) / (case["batch"] * estimate.per_item), 3)
+        saved = estimate.fixed + case["batch"] * estimate.per_item
+        result["measured_overhead"] = round((peak - estimate.baseline - estimate.state) / saved, 3)
     return result
 
 
@@ -172,7 +173,7 @@ def spawn(case: dict, limit_gb: float, timeout: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["tiny_stft", "tiny", "dac16k"])
+    parser.add_argument("--models", nargs="*", default=["tiny_stft", "tiny", "dac16k"])
     parser.add_argument("--sizes", nargs="+", default=["demo", "vctk_unsup"], choices=["demo", "vctk_unsup"])
     parser.add_argument("--stages", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--variants", nargs="+", default=["reference", "fused"], choices=["reference", "fused"])
