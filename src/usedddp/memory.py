@@ -9,7 +9,6 @@ return None and the check falls back to skipping itself.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import defaultdict
